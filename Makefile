@@ -1,0 +1,32 @@
+# The README's two commands are `make demo` and `make test`; each sets up first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when the project's dependencies change; pip (not uv) so torch comes
+# from the machine's local wheel cache.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/hashray demo
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/plain_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

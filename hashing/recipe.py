@@ -1,0 +1,45 @@
+"""The training recipe: every knob of one training run, with defaults that work on mnist5k.
+
+The plain example and the Ray trainer both read a ``Recipe``, so the same settings give the same
+model whichever runs them; the pipeline config embeds it and adds the cluster-side options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["Recipe"]
+
+
+@dataclass
+class Recipe:
+    """Hyperparameters of one run; ``loss_params`` go to ``hashing.losses.build`` (None = default)."""
+
+    method: str = "adsh"
+    bits: int = 32
+    backbone: str = "smallcnn"
+    pretrained_path: str | None = None
+    epochs: int = 15
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    augment: bool = True
+    seed: int = 0
+    val_fraction: float = 0.1
+    loss_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Recipe":
+        """Build from a dict, refusing unknown keys so a typo in a config is an error, not a no-op."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)

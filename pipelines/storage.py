@@ -1,0 +1,78 @@
+"""Paths that may be local or ``s3://``: one place that turns them into pyarrow filesystems.
+
+Credentials come from the standard AWS chain (environment, config files, instance roles). A custom
+endpoint (moto, MinIO, Ceph) comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; pyarrow
+does not read those itself, so every S3 filesystem in hashray is built here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+__all__ = ["filesystem", "is_s3", "join", "read_bytes", "read_json", "s3_endpoint", "write_bytes", "write_json"]
+
+
+def is_s3(path: str) -> bool:
+    """True for ``s3://bucket/key`` paths."""
+    return str(path).startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    """The custom S3 endpoint from the environment, if any."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or an ``s3://`` URI."""
+    path = str(path)
+    if not is_s3(path):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    parsed = urlparse(path)
+    endpoint = s3_endpoint()
+    kwargs: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    }
+    if endpoint:
+        url = urlparse(endpoint)
+        kwargs.update(endpoint_override=url.netloc or url.path, scheme=url.scheme or "https")
+    return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with ``/`` for S3 URIs and the OS separator otherwise."""
+    return posixpath.join(str(base), *parts) if is_s3(base) else os.path.join(str(base), *parts)
+
+
+def read_bytes(path: str) -> bytes:
+    """Whole file contents."""
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file; local writes go through a temporary name so readers never see half."""
+    fs, inner = filesystem(path)
+    parent = posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner)
+    fs.create_dir(parent, recursive=True)
+    target = inner if is_s3(path) else inner + ".tmp"
+    with fs.open_output_stream(target) as stream:
+        stream.write(data)
+    if not is_s3(path):
+        os.replace(target, inner)
+
+
+def read_json(path: str) -> Any:
+    """Parse a JSON file."""
+    return json.loads(read_bytes(path))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write ``value`` as indented JSON (atomically on local disks)."""
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
