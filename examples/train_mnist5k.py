@@ -54,8 +54,8 @@ def main() -> None:
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1).to(device)
     loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
     loss_fn.to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    optimizer = engine.build_optimizer(params, recipe.optimizer, recipe.lr, recipe.weight_decay)
+    objective = engine.Objective(model, loss_fn)
+    optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
     scheduler = engine.build_scheduler(optimizer, recipe.epochs, recipe.warmup_epochs)
     shuffle = torch.Generator().manual_seed(recipe.seed)
     augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1))
@@ -64,7 +64,7 @@ def main() -> None:
     best, best_state = -1.0, None
     for epoch in range(recipe.epochs):
         stats = engine.train_one_epoch(
-            model, loss_fn, batches(x[fit_rows], y[fit_rows], recipe.batch_size, shuffle),
+            objective, batches(x[fit_rows], y[fit_rows], recipe.batch_size, shuffle),
             optimizer, device, augment=augment,
         )  # fmt: skip
         scheduler.step()

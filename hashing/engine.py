@@ -18,6 +18,7 @@ from hashing import metrics
 from hashing.codes import pack_codes
 
 __all__ = [
+    "Objective",
     "build_optimizer",
     "build_scheduler",
     "compute_outputs",
@@ -65,9 +66,24 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class Objective(nn.Module):
+    """Network and loss as one module: ``objective(images, labels) -> scalar loss``.
+
+    Losses may own parameters (ADSH's class weights); wrapping both in one module lets a
+    data-parallel wrapper (DDP via ``ray.train.torch.prepare_model``) synchronise all of them.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images (n x C x H x W), labels (n x C or n,) -> scalar loss."""
+        return self.loss(self.model(images), labels)
+
+
 def train_one_epoch(
-    model: nn.Module,
-    loss_fn: nn.Module,
+    objective: nn.Module,
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
@@ -75,16 +91,19 @@ def train_one_epoch(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_grad_norm: float | None = 10.0,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns mean loss, mean loss terms, images and images/s."""
-    model.train()
-    loss_fn.train()
+    """One pass over ``batches`` with an ``Objective`` (or a DDP wrapper of one).
+
+    Returns the mean loss, the mean of each loss term, images seen and images/s.
+    """
+    objective.train()
+    loss_fn = getattr(objective, "module", objective).loss
     totals: dict[str, float] = {}
     n_images, n_steps, start = 0, 0, time.perf_counter()
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         if augment is not None:
             images = augment(images)
-        loss = loss_fn(model(images), labels)
+        loss = objective(images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm is not None:

@@ -37,16 +37,15 @@ def _register(name: str):
 
 @_register("smallcnn")
 def _smallcnn(in_channels: int) -> tuple[nn.Module, int]:
-    """Three conv blocks + one dense layer: ~99% digit accuracy at 28x28, fast on a CPU."""
+    """Three conv blocks + one dense layer (~8M multiply-adds at 28x28): ~99% on digits, CPU-fast."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        return [conv, nn.BatchNorm2d(cout), nn.ReLU(True), nn.MaxPool2d(2)]
 
     body = nn.Sequential(
-        *block(in_channels, 32), *block(32, 32), nn.MaxPool2d(2),
-        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-        *block(64, 128), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
-        nn.Linear(128 * 9, 256), nn.ReLU(True), nn.Dropout(0.3),
+        *block(in_channels, 32), *block(32, 64), *block(64, 128),
+        nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256), nn.ReLU(True), nn.Dropout(0.3),
     )  # fmt: skip
     return body, 256
 
