@@ -7,6 +7,7 @@ adapted by the caller), so the Ray layer stays a short recipe around these funct
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -61,7 +62,7 @@ def build_scheduler(
         if epoch < warmup_epochs:
             return (epoch + 1) / (warmup_epochs + 1)
         progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
-        return 0.5 * (1.0 + np.cos(np.pi * min(progress, 1.0)))
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # a float: checkpoints load weights_only
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -151,10 +152,8 @@ def evaluate_retrieval(
     db_out, db_labels = compute_outputs(model, database_batches, device)
     q_codes, db_codes = pack_codes(q_out), pack_codes(db_out)
     return {
-        "map_tie_aware": metrics.mean_average_precision(
-            q_codes, db_codes, q_labels, db_labels, topk=topk, ties="aware"
-        ),
-        "map_id_order": metrics.mean_average_precision(
-            q_codes, db_codes, q_labels, db_labels, topk=topk, ties="id"
-        ),
+        f"map_{ties}": float(
+            metrics.mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=topk, ties=mode)
+        )
+        for ties, mode in (("tie_aware", "aware"), ("id_order", "id"))
     }

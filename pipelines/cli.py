@@ -1,0 +1,219 @@
+"""The ``hashray`` command: registers one sub-command per pipeline stage.
+
+Each command parses its options and calls one pipeline function; ``--json`` prints that function's
+result on stdout. Ray starts locally unless ``RAY_ADDRESS`` names a cluster; MLflow uses a local
+sqlite store unless ``MLFLOW_TRACKING_URI`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashray",
+        description="Deep supervised image hashing on Ray: prepare, train, encode, evaluate.",
+        epilog=_examples("hashray demo", "hashray train --help"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, examples: list[str], run: Command) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  epilog=_examples(*examples),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        sub.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        sub.set_defaults(run=run)
+        return sub
+
+    p = command("prepare", "Decode, validate and split an image corpus into Parquet shards.",
+                ["hashray prepare --source mnist5k --out data/mnist5k",
+                 "hashray prepare --source folder --path photos/ --out data/photos --image-size 64"],
+                _prepare)  # fmt: skip
+    p.add_argument("--source", required=True, help="mnist5k, mnist, folder or manifest")
+    p.add_argument("--path", help="corpus location (local or s3://) for file-based sources")
+    p.add_argument("--out", required=True, help="output directory (local or s3://)")
+    p.add_argument("--protocol", help="evaluation protocol (EVALUATION.md); default per source")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--image-size", type=int, help="resize to SIZE x SIZE pixels")
+    p.add_argument("--mode", choices=["L", "RGB"], help="colour mode to store")
+    p.add_argument("--classes", help="comma-separated class list (manifest source)")
+
+    t = command("train", "Train a hashing network with Ray Train; logs to MLflow; resumes on re-run.",
+                ["hashray train --data data/mnist5k --method adsh --bits 32",
+                 "hashray train --data data/mnist5k --config configs/mnist5k-adsh-32.yaml --epochs 5",
+                 "RAY_ADDRESS=auto hashray train --data s3://bucket/cifar --workers 4 --gpus-per-worker 1"],
+                _train)  # fmt: skip
+    _add_train_options(t)
+
+    e = command("encode", "Batch-encode a prepared dataset to binary codes (Parquet) with a trained model.",
+                ["hashray encode --data data/mnist5k --model runs/mnist5k-adsh-32-x/model --out codes/m",
+                 "hashray encode --data data/mnist5k --model runs:/<run_id>/model --out codes/m"],
+                _encode)  # fmt: skip
+    e.add_argument("--data", required=True, help="prepared dataset directory")
+    e.add_argument("--model", required=True, help="model dir, runs:/<id>/model or models:/<name>/<version>")
+    e.add_argument("--out", required=True, help="codes output directory (one sub-folder per split)")
+    e.add_argument("--splits", help="comma-separated splits (default: query,database)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--actors", type=int, default=1, help="encoder actors (default 1)")
+    e.add_argument("--gpus", action="store_true", help="one GPU per encoder actor")
+    e.add_argument("--embeddings", action="store_true", help="also store float embeddings")
+
+    v = command("evaluate", "Retrieval metrics (tie-aware mAP, P@r2, curves) of encoded queries vs database.",
+                ["hashray evaluate --codes codes/mnist5k-adsh-32",
+                 "hashray evaluate --queries codes/a/query --database codes/a/database --json"],
+                _evaluate)  # fmt: skip
+    v.add_argument("--codes", help="encode output directory with query/ and database/")
+    v.add_argument("--queries", help="query codes directory")
+    v.add_argument("--database", help="database codes directory")
+    v.add_argument("--out", help="where report.json and plots go (default: the codes directory)")
+    v.add_argument("--radius", type=int, default=2, help="Hamming radius for precision (default 2)")
+    v.add_argument("--topk", type=int, help="mAP cut-off (default: all)")
+    v.add_argument("--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)")
+
+    d = command("demo", "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
+                ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
+                _demo)  # fmt: skip
+    d.add_argument("--method", default="adsh", help="hashing method (default adsh)")
+    d.add_argument("--bits", type=int, default=32, help="code length (default 32)")
+    d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    d.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    d.add_argument("--out", default="hashray-demo", help="output folder (default ./hashray-demo)")
+    return parser
+
+
+def _add_train_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--data", help="prepared dataset directory (from hashray prepare)")
+    t.add_argument("--config", help="YAML config (see configs/); flags override it")
+    t.add_argument("--out", help="runs directory (default ./runs)")
+    t.add_argument("--name", help="run name (default: dataset-method-bits-<recipe hash>)")
+    t.add_argument("--method", help="loss: see hashing.losses.list_losses()")
+    t.add_argument("--bits", type=int, help="code length, a multiple of 8")
+    t.add_argument("--backbone", help="smallcnn, alexnet, vgg16, resnet18, resnet50")
+    t.add_argument("--pretrained-path", help="local backbone weights (nothing is downloaded)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    t.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 0.5)")
+    t.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; > 0 trains on GPU with nccl")
+    t.add_argument("--max-failures", type=int, help="worker failures to recover from (default 0)")
+    t.add_argument("--experiment", help="MLflow experiment (default hashray)")
+    t.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # interruption drills
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.cluster import connect
+    from pipelines.prepare import prepare
+
+    connect()
+    classes = args.classes.split(",") if args.classes else None
+    meta = prepare(args.source, args.out, path=args.path, protocol=args.protocol, seed=args.seed,
+                   image_size=args.image_size, mode=args.mode, classes=classes, progress=not args.json)  # fmt: skip
+    _say(args, f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}")
+    return meta
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.cluster import connect
+    from pipelines.config import load_train_config
+    from pipelines.train import train
+
+    names = ["method", "bits", "backbone", "pretrained_path", "epochs", "batch_size", "lr", "seed",
+             "workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "experiment", "out", "name"]  # fmt: skip
+    config = load_train_config(args.config, args.data, {n: getattr(args, n) for n in names})
+    connect()
+    summary = train(config, progress=not args.json, stop_after_epochs=args.stop_after_epochs)
+    _say(args, f"run {summary['name']}: {summary['status']}, best val mAP {summary['best_val_map']:.4f} "
+               f"(epoch {summary['best_epoch']}); model {summary.get('model_dir', '-')}")  # fmt: skip
+    return summary
+
+
+def _encode(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.cluster import connect
+    from pipelines.encode import encode
+
+    connect()
+    splits = args.splits.split(",") if args.splits else None
+    summary = encode(args.data, args.model, args.out, splits=splits, batch_size=args.batch_size,
+                     num_actors=args.actors, use_gpu=args.gpus, embeddings=args.embeddings,
+                     progress=not args.json)  # fmt: skip
+    _say(args, f"codes written to {args.out}")
+    return summary
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.evaluate import evaluate
+
+    if not args.codes and not (args.queries and args.database):
+        raise UsageError("give --codes DIR, or both --queries DIR and --database DIR")
+    report = evaluate(args.codes, queries=args.queries, database=args.database, out=args.out,
+                      radius=args.radius, topk=args.topk, mlflow_run_id=args.mlflow_run_id)  # fmt: skip
+    _say(args, _report_table(report))
+    return report
+
+
+def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.demo import run_demo
+
+    return run_demo(out=args.out, method=args.method, bits=args.bits, epochs=args.epochs,
+                    workers=args.workers, quiet=args.json)  # fmt: skip
+
+
+def _report_table(report: dict[str, Any]) -> str:
+    rows = [
+        ("method / bits", f"{report.get('method')} / {report.get('bits')}"),
+        ("protocol", str(report.get("protocol"))),
+        ("queries x database", f"{report['n_queries']} x {report['n_database']}"),
+        ("mAP@all, tie-aware", f"{report['map_tie_aware']:.4f}"),
+        ("mAP@all, id order", f"{report['map_id_order']:.4f}"),
+        ("precision, radius 2", f"{report['precision_radius_2']:.4f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+class UsageError(ValueError):
+    """A command-line mistake: printed as a message, exit status 2."""
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    # With --json, stdout carries only the JSON document; human text goes to stderr.
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hashray`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        result = args.run(args)
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        print(f"hashray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Read and write codes directories (the codes contract in ARCHITECTURE.md), local or ``s3://``.
+
+A codes directory holds ``part-NNNNN.parquet`` files with columns ``id`` (string), ``code``
+(fixed_size_binary[bits/8], ``hashing.codes`` bit order), optional ``labels`` (list<int32>) and
+``embedding`` (list<float32>), Parquet schema metadata ``hashray.*``, and ``_SUCCESS.json``
+(``{"rows", "bits", "files": [{"path", "rows", "sha256"}]}``). The manifest is removed first and
+written last, so a directory without it is half-written and readers refuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hashing.codes import code_bytes
+from pipelines import storage
+
+__all__ = [
+    "MANIFEST",
+    "METADATA_PREFIX",
+    "Codes",
+    "IncompleteCodesError",
+    "codes_table",
+    "multi_hot",
+    "read_codes",
+    "read_manifest",
+    "write_codes",
+]
+
+MANIFEST = "_SUCCESS.json"
+METADATA_PREFIX = "hashray."
+PART_PREFIX = "part-"
+
+
+class IncompleteCodesError(FileNotFoundError):
+    """A codes directory without its ``_SUCCESS.json`` manifest (interrupted or still running)."""
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A whole codes directory in memory, rows in file order (encode writes them sorted by id)."""
+
+    ids: np.ndarray  # (n,) object array of str
+    codes: np.ndarray  # (n x bits/8) uint8
+    label_values: np.ndarray | None  # all rows' labels concatenated, int32
+    label_offsets: np.ndarray | None  # (n+1,) int64: row i's labels are values[off[i]:off[i+1]]
+    embeddings: np.ndarray | None  # (n x dim) float32
+    metadata: dict[str, str]  # schema metadata without the "hashray." prefix
+    manifest: dict[str, Any]
+
+    @property
+    def bits(self) -> int:
+        return int(self.manifest["bits"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labels(self) -> list[np.ndarray] | None:
+        """Per-row label lists (int32 arrays), or None when the codes carry no labels."""
+        if self.label_values is None:
+            return None
+        return np.split(self.label_values, self.label_offsets[1:-1])
+
+    def multi_hot(self, num_classes: int | None = None) -> np.ndarray:
+        """Labels as multi-hot uint8 (n x C); C defaults to metadata ``num_classes`` or max label + 1."""
+        if self.label_values is None:
+            raise ValueError("these codes carry no labels (no 'labels' column)")
+        if num_classes is None and "num_classes" in self.metadata:
+            num_classes = int(self.metadata["num_classes"])
+        return _multi_hot_flat(self.label_values, self.label_offsets, num_classes)
+
+
+def multi_hot(labels: Sequence[Sequence[int]], num_classes: int | None = None) -> np.ndarray:
+    """Label lists (one list of class ids per row) -> multi-hot uint8 (n x C)."""
+    lengths = np.fromiter((len(row) for row in labels), dtype=np.int64, count=len(labels))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.concatenate([np.asarray(row, dtype=np.int64) for row in labels] or [[]])
+    return _multi_hot_flat(values.astype(np.int64), offsets, num_classes)
+
+
+def _multi_hot_flat(values: np.ndarray, offsets: np.ndarray, num_classes: int | None) -> np.ndarray:
+    n = len(offsets) - 1
+    if num_classes is None:
+        num_classes = int(values.max()) + 1 if len(values) else 0
+    if len(values) and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got {values.min()}..{values.max()}"
+        )
+    out = np.zeros((n, num_classes), dtype=np.uint8)
+    out[np.repeat(np.arange(n), np.diff(offsets)), values] = 1
+    return out
+
+
+def codes_table(
+    ids: Any, codes: np.ndarray, *, labels: Any = None, embeddings: np.ndarray | None = None
+) -> pa.Table:
+    """Contract columns from ids (n,), packed codes uint8 (n x bytes), label lists, embeddings (n x dim)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be (n x bytes) uint8, got shape {codes.shape}")
+    n, nbytes = codes.shape
+    columns = {
+        "id": pa.array(ids, type=pa.string()),
+        "code": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(nbytes), n, [None, pa.py_buffer(codes.tobytes())]
+        ),
+    }
+    if labels is not None:
+        columns["labels"] = (
+            labels.cast(pa.list_(pa.int32()))
+            if isinstance(labels, (pa.Array, pa.ChunkedArray))
+            else pa.array([np.asarray(row, dtype=np.int32) for row in labels], pa.list_(pa.int32()))
+        )
+    if embeddings is not None:
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape[0] != n or embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be ({n} x dim), got shape {embeddings.shape}")
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * embeddings.shape[1])
+        columns["embedding"] = pa.ListArray.from_arrays(offsets, pa.array(embeddings.ravel()))
+    table = pa.table(columns)
+    if any(len(col) != n for col in table.columns):
+        raise ValueError("ids, codes, labels and embeddings must have the same number of rows")
+    return table
+
+
+def write_codes(
+    out: str, parts: Iterable[pa.Table], *, bits: int, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Replace the codes directory ``out`` with one part file per table; returns the manifest.
+
+    Old manifest first, then old part files are removed; the manifest is written last. ``metadata``
+    keys get the ``hashray.`` prefix; values are stored as strings and None values are left out.
+    """
+    nbytes = code_bytes(bits)
+    schema_metadata = {
+        f"{METADATA_PREFIX}{k}": str(v) for k, v in metadata.items() if v is not None
+    }
+    schema_metadata[f"{METADATA_PREFIX}bits"] = str(bits)
+    _clear(out)
+    files, schema = [], None
+    for index, table in enumerate(parts):
+        if table.schema.field("code").type != pa.binary(nbytes):
+            raise ValueError(
+                f"{bits}-bit codes need fixed_size_binary[{nbytes}], got {table.schema}"
+            )
+        schema = schema or table.schema
+        if not table.schema.equals(schema, check_metadata=False):
+            raise ValueError(f"every part needs the same columns: {table.schema} vs {schema}")
+        if table.column("id").null_count or table.column("code").null_count:
+            raise ValueError("codes tables must not hold null ids or codes")
+        table = table.replace_schema_metadata(schema_metadata)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        name = f"{PART_PREFIX}{index:05d}.parquet"
+        storage.write_bytes(storage.join(out, name), data)
+        files.append(
+            {"path": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
+        )
+    manifest = {"rows": sum(f["rows"] for f in files), "bits": bits, "files": files}
+    storage.write_json(storage.join(out, MANIFEST), manifest)
+    return manifest
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The ``_SUCCESS.json`` of a codes directory; raises ``IncompleteCodesError`` without one."""
+    try:
+        return storage.read_json(storage.join(path, MANIFEST))
+    except FileNotFoundError:
+        raise IncompleteCodesError(
+            f"incomplete codes directory: {path} has no {MANIFEST} (the run that wrote it was "
+            "interrupted or is still running); re-run hashray encode"
+        ) from None
+
+
+def read_codes(path: str, *, verify: bool = False) -> Codes:
+    """Load a complete codes directory; ``verify`` also checks every file's sha256 against the manifest."""
+    manifest = read_manifest(path)
+    tables = []
+    for entry in manifest["files"]:
+        data = storage.read_bytes(storage.join(path, entry["path"]))
+        if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{entry['path']} in {path} does not match its sha256 in {MANIFEST}")
+        table = pq.read_table(pa.BufferReader(data))
+        if table.num_rows != entry["rows"]:
+            raise ValueError(
+                f"{entry['path']} in {path} has {table.num_rows} rows, {MANIFEST} says {entry['rows']}"
+            )
+        tables.append(table)
+    if not tables:
+        raise ValueError(f"{path}: {MANIFEST} lists no files")
+    table = pa.concat_tables(tables).combine_chunks()
+    if table.num_rows != manifest["rows"]:
+        raise ValueError(f"{path} has {table.num_rows} rows, {MANIFEST} says {manifest['rows']}")
+    metadata = {
+        k.decode()[len(METADATA_PREFIX) :]: v.decode()
+        for k, v in (tables[0].schema.metadata or {}).items()
+        if k.decode().startswith(METADATA_PREFIX)
+    }
+    bits = int(manifest["bits"])
+    width = table.schema.field("code").type
+    if metadata.get("bits") != str(bits) or width != pa.binary(code_bytes(bits)):
+        raise ValueError(
+            f"{path}: code width or hashray.bits disagrees with {bits} bits in {MANIFEST}"
+        )
+    return Codes(
+        ids=table.column("id").to_numpy(zero_copy_only=False).astype(object),
+        codes=_fixed_binary_to_uint8(table.column("code"), bits),
+        label_values=_list_values(table, "labels", np.int32),
+        label_offsets=_list_offsets(table, "labels"),
+        embeddings=_embeddings(table),
+        metadata=metadata,
+        manifest=manifest,
+    )
+
+
+def _clear(out: str) -> None:
+    """Remove a previous manifest (first) and part files so stale parts never mix with new ones."""
+    fs, inner = storage.filesystem(out)
+    manifest = posixpath.join(inner, MANIFEST)
+    if fs.get_file_info(manifest).type == pafs.FileType.File:
+        fs.delete_file(manifest)
+    selector = pafs.FileSelector(inner, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.base_name.startswith(PART_PREFIX):
+            fs.delete_file(info.path)
+
+
+def _fixed_binary_to_uint8(column: pa.ChunkedArray, bits: int) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    nbytes = code_bytes(bits)
+    buffer = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    return (
+        buffer[array.offset * nbytes : (array.offset + len(array)) * nbytes]
+        .reshape(-1, nbytes)
+        .copy()
+    )
+
+
+def _list_column(table: pa.Table, name: str) -> pa.ListArray | None:
+    if name not in table.column_names:
+        return None
+    column = table.column(name)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _list_values(table: pa.Table, name: str, dtype: type) -> np.ndarray | None:
+    array = _list_column(table, name)
+    return None if array is None else array.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _list_offsets(table: pa.Table, name: str) -> np.ndarray | None:
+    array = _list_column(table, name)
+    if array is None:
+        return None
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]
+
+
+def _embeddings(table: pa.Table) -> np.ndarray | None:
+    values = _list_values(table, "embedding", np.float32)
+    if values is None:
+        return None
+    n = table.num_rows
+    return values.reshape(n, -1) if n else values.reshape(0, 0)

@@ -1,0 +1,270 @@
+"""``hashray train``: a Ray Train ``TorchTrainer`` around ``hashing.engine``.
+
+The driver holds out a validation split from train (written to ``split.json``), opens or reuses
+the MLflow run, and starts the workers. Each worker trains on its shard of the Ray Dataset; world
+rank 0 validates, logs to MLflow and writes one checkpoint per epoch (``epoch-NNN``). Running the
+same command again resumes from the last checkpoint into the same MLflow run, and once a run has
+finished it returns the stored result instead of training twice. The best epoch on the validation
+split (never the queries) becomes ``<out>/<name>/model`` and the run's registered MLflow model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from hashing import engine, losses, models, splits
+from hashing.augment import RandomAffine
+from hashing.recipe import Recipe
+from pipelines import storage, tracking
+from pipelines.config import TrainConfig, default_tracking_uri
+from pipelines.dataset import PreparedDataset
+from pipelines.images import decode_image
+
+__all__ = ["train"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILE = "run.json"
+# Normalisation applied to uint8 pixels; saved in model.json so encode and serve match training.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+
+def train(
+    config: TrainConfig, *, progress: bool = True, stop_after_epochs: int | None = None
+) -> dict[str, Any]:
+    """Train (or resume, or return the finished) run described by ``config``.
+
+    ``stop_after_epochs`` ends this invocation early, as an interruption would; the next call
+    resumes. Returns a summary: run name and dir, MLflow run id, model dir and URI, best epoch and
+    validation mAP, status (``finished`` or ``stopped``).
+    """
+    dataset = PreparedDataset.open(config.data)
+    name = config.run_name(dataset.meta["name"])
+    run_dir = Path(config.out).resolve() / name
+    run_file = run_dir / RUN_FILE
+    if run_file.exists() and storage.read_json(str(run_file)).get("status") == "finished":
+        log.info("run %s already finished; delete %s to train again", name, run_dir)
+        return storage.read_json(str(run_file))
+
+    tracking_uri = config.tracking_uri or default_tracking_uri()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = storage.read_json(str(run_file)) if run_file.exists() else {}
+    mlflow_run_id = previous.get("mlflow_run_id") or tracking.start_run(
+        tracking_uri, config.experiment, name, params=config.to_dict()
+    )
+    storage.write_json(str(run_dir / "config.json"), config.to_dict())
+    storage.write_json(str(run_file), {"name": name, "status": "running", "mlflow_run_id": mlflow_run_id})
+
+    fit_ids, val_ids, val_db_ids = _validation_split(dataset, config)
+    storage.write_json(str(run_dir / "split.json"), {"validation": val_ids, "seed": config.recipe.seed})
+    loop_config = {
+        "recipe": config.recipe.to_dict(),
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.image_shape[2],
+        "train_files": dataset.split_files("train"),
+        "val_ids": val_ids,
+        "val_db_ids": val_db_ids,
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "stop_after_epochs": stop_after_epochs,
+        "progress": progress,
+    }
+    trainer = ray.train.torch.TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, "GPU": config.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="ray",
+            storage_path=str(run_dir),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": _training_dataset(dataset, fit_ids)},
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+    summary = {
+        "name": name,
+        "run_dir": str(run_dir),
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "epochs_done": state["epoch"] + 1,
+        "best_epoch": state["best_epoch"] + 1,
+        "best_val_map": state["best_val_map"],
+        "status": "running",
+    }
+    if state["epoch"] + 1 < config.recipe.epochs:
+        summary["status"] = "stopped"
+        storage.write_json(str(run_file), summary)
+        return summary
+
+    model = models.build(config.recipe.backbone, bits=config.recipe.bits, in_channels=dataset.image_shape[2])
+    model.load_state_dict(state["best_model"])
+    model_dir = run_dir / "model"
+    models.save_model(model, model_dir, extra={
+        "method": config.recipe.method,
+        "image": {"height": dataset.image_shape[0], "width": dataset.image_shape[1],
+                  "channels": dataset.image_shape[2]},
+        "mean": PIXEL_MEAN, "std": PIXEL_STD,
+        "classes": dataset.classes, "dataset": dataset.meta["name"],
+        "model_version": mlflow_run_id, "mlflow_run_id": mlflow_run_id,
+        "best_epoch": state["best_epoch"] + 1, "best_val_map": state["best_val_map"],
+    })  # fmt: skip
+    registered = tracking.finish_run(
+        tracking_uri, mlflow_run_id, model_dir, state["history"], register_as=config.register_as or f"hashray-{name}"
+    )
+    summary.update(status="finished", model_dir=str(model_dir), model_uri=f"runs:/{mlflow_run_id}/model",
+                   registered_model=registered)  # fmt: skip
+    storage.write_json(str(run_file), summary)
+    return summary
+
+
+def _validation_split(dataset: PreparedDataset, config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+    """(fit ids, validation query ids, validation database ids), all sorted; seeded by the recipe."""
+    ids = np.sort(_read_column(dataset.split_files("train"), "id"))
+    keep, held = splits.holdout(len(ids), config.recipe.val_fraction, seed=config.recipe.seed)
+    if len(held) == 0 or len(keep) == 0:
+        raise ValueError(
+            f"validation split is empty: {len(ids)} training rows with val_fraction "
+            f"{config.recipe.val_fraction}; use a larger dataset or fraction"
+        )
+    rng = np.random.default_rng(config.recipe.seed)
+    val = np.sort(rng.permutation(ids[held])[: config.val_max_queries])
+    val_db = np.sort(rng.permutation(ids[keep])[: config.val_max_database])
+    return ids[keep].tolist(), val.tolist(), val_db.tolist()
+
+
+def _read_column(files: list[str], column: str) -> np.ndarray:
+    fs, _ = storage.filesystem(files[0])
+    paths = [storage.filesystem(f)[1] for f in files]
+    return pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=[column])[column].to_numpy(zero_copy_only=False)
+
+
+def _load_rows(files: list[str], ids: list[str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images (n x H x W x C) and multi-hot labels of the rows with ``ids``, in id order."""
+    fs, _ = storage.filesystem(files[0])
+    data = pads.dataset([storage.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
+    table = data.to_table(columns=["id", "image", "labels"], filter=pc.field("id").isin(ids)).sort_by("id")
+    return _decode({"image": table["image"].to_numpy(zero_copy_only=False),
+                    "labels": table["labels"].to_pylist()}, num_classes).values()  # fmt: skip
+
+
+def _decode(batch: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
+    """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32 multi-hot (n x C)}."""
+    images = np.stack([decode_image(data) for data in batch["image"]])
+    labels = np.zeros((len(images), num_classes), dtype=np.float32)
+    for row, row_labels in enumerate(batch["labels"]):
+        labels[row, np.asarray(row_labels, dtype=np.int64)] = 1.0
+    return {"image": images, "labels": labels}
+
+
+def _training_dataset(dataset: PreparedDataset, fit_ids: list[str]) -> ray.data.Dataset:
+    """The fit rows of the train split, decoded to uint8 arrays and multi-hot labels."""
+    keep = set(fit_ids)
+
+    def select_and_decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mask = np.fromiter((row_id in keep for row_id in batch["id"]), dtype=bool, count=len(batch["id"]))
+        return _decode({"image": batch["image"][mask], "labels": batch["labels"][mask]}, dataset.num_classes)
+
+    return dataset.read_split("train").map_batches(select_and_decode, batch_format="numpy")
+
+
+def _train_loop(cfg: dict[str, Any]) -> None:
+    """Per-worker training function (Ray Train); rank 0 validates, logs and checkpoints."""
+    recipe = Recipe.from_dict(cfg["recipe"])
+    context = ray.train.get_context()
+    rank, local_size = context.get_world_rank(), context.get_local_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+    device = ray.train.torch.get_device()
+
+    model = models.build(recipe.backbone, bits=recipe.bits, in_channels=cfg["in_channels"],
+                         pretrained_path=recipe.pretrained_path)  # fmt: skip
+    loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params)
+    objective = engine.Objective(model, loss_fn)
+    optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
+    scheduler = engine.build_scheduler(optimizer, recipe.epochs, recipe.warmup_epochs)
+    state = {"epoch": -1, "best_epoch": -1, "best_val_map": -1.0, "best_model": None, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        objective.load_state_dict(state.pop("objective"))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+    objective = ray.train.torch.prepare_model(objective)
+    augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state["epoch"] + 1))
+
+    validation, logger = None, None
+    if rank == 0:
+        validation = [_load_rows(cfg["train_files"], cfg[key], cfg["num_classes"]) for key in ("val_ids", "val_db_ids")]
+        logger = tracking.RunLogger(cfg["tracking_uri"], cfg["mlflow_run_id"])
+
+    shard = ray.train.get_dataset_shard("train")
+    stop_at = cfg["stop_after_epochs"]
+    for epoch in range(state["epoch"] + 1, recipe.epochs):
+        start = time.perf_counter()
+        batches = (
+            (engine.images_to_tensor(b["image"].cpu().numpy(), PIXEL_MEAN, PIXEL_STD), b["labels"])
+            for b in shard.iter_torch_batches(batch_size=recipe.batch_size, device="cpu",
+                                              local_shuffle_buffer_size=4096,
+                                              local_shuffle_seed=recipe.seed + epoch)
+        )  # fmt: skip
+        stats = engine.train_one_epoch(objective, batches, optimizer, device,
+                                       augment=augment if recipe.augment else None)  # fmt: skip
+        scheduler.step()
+        metrics = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
+        if rank != 0:
+            ray.train.report(metrics)
+        else:
+            inner = getattr(objective, "module", objective)
+            metrics["val_map"] = _validate(inner.model, validation, device)
+            metrics["epoch_seconds"] = time.perf_counter() - start
+            state["history"].append(metrics)
+            if metrics["val_map"] > state["best_val_map"]:
+                state.update(best_epoch=epoch, best_val_map=metrics["val_map"],
+                             best_model={k: v.detach().cpu().clone() for k, v in inner.model.state_dict().items()})  # fmt: skip
+            state["epoch"] = epoch
+            logger.log_metrics(metrics, step=epoch + 1)
+            if cfg["progress"]:
+                print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
+                      f"val mAP {metrics['val_map']:.4f}  {stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict()}, Path(tmp) / CHECKPOINT_FILE)  # fmt: skip
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"epoch-{epoch + 1:03d}")  # fmt: skip
+        if stop_at is not None and epoch + 1 >= stop_at:
+            break
+
+
+def _validate(model: torch.nn.Module, validation: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> float:
+    """Tie-aware mAP@all of validation queries against the validation database."""
+    (q_images, q_labels), (db_images, db_labels) = validation
+
+    def batches(images: np.ndarray, labels: np.ndarray):
+        for start in range(0, len(images), 512):
+            yield engine.images_to_tensor(images[start : start + 512], PIXEL_MEAN, PIXEL_STD), labels[start : start + 512]
+
+    result = engine.evaluate_retrieval(model, batches(q_images, q_labels), batches(db_images, db_labels), device)
+    return float(result["map_tie_aware"])  # a plain float: checkpoints load with weights_only=True
