@@ -23,7 +23,9 @@ def connect(num_cpus: int | None = None) -> bool:
         return False
     ray.init(
         num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-        include_dashboard=False,
+        # The dashboard also serves the state API that Ray Train's placement-group cleaner polls;
+        # without it that cleaner warns every few seconds.
+        include_dashboard=True,
         logging_level=logging.WARNING,
     )
     return True

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from hashing.index import HammingIndex
 from pipelines import cluster
@@ -74,7 +73,7 @@ def _demo_config(data: str, root: Path, method: str, bits: int, epochs: int | No
 
 def _example_query(codes_dir: str, k: int = 5) -> dict[str, Any]:
     queries, database = read_codes(f"{codes_dir}/query"), read_codes(f"{codes_dir}/database")
-    index = HammingIndex(int(database.metadata["hashray.bits"]))
+    index = HammingIndex(database.bits)
     index.add(database.codes, database.ids)
     distances, ids = index.search(queries.codes[:1], k)
     label_of = dict(zip(database.ids.tolist(), database.labels))
@@ -108,4 +107,4 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     print(json.dumps(run_demo(), indent=2, default=str))
-    _ = np
+

@@ -15,7 +15,17 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-__all__ = ["filesystem", "is_s3", "join", "read_bytes", "read_json", "s3_endpoint", "write_bytes", "write_json"]
+__all__ = [
+    "filesystem",
+    "inner_path",
+    "is_s3",
+    "join",
+    "read_bytes",
+    "read_json",
+    "s3_endpoint",
+    "write_bytes",
+    "write_json",
+]
 
 
 def is_s3(path: str) -> bool:
@@ -28,12 +38,20 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def inner_path(path: str) -> str:
+    """The path inside its filesystem: absolute for local paths, ``bucket/key`` for ``s3://``."""
+    path = str(path)
+    if not is_s3(path):
+        return os.path.abspath(path)
+    parsed = urlparse(path)
+    return f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a local path or an ``s3://`` URI."""
     path = str(path)
     if not is_s3(path):
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    parsed = urlparse(path)
+        return pafs.LocalFileSystem(), inner_path(path)
     endpoint = s3_endpoint()
     kwargs: dict[str, Any] = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -41,7 +59,15 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     if endpoint:
         url = urlparse(endpoint)
         kwargs.update(endpoint_override=url.netloc or url.path, scheme=url.scheme or "https")
-    return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # Static keys are set explicitly so they travel with the pickled filesystem: Ray workers
+        # started before the variables were set (or on other nodes) would otherwise have none.
+        kwargs.update(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        )
+    return pafs.S3FileSystem(**kwargs), inner_path(path)
 
 
 def join(base: str, *parts: str) -> str:

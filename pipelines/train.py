@@ -41,6 +41,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
 # Normalisation applied to uint8 pixels; saved in model.json so encode and serve match training.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+# Decoded training sets up to this size are decoded once instead of once per epoch.
+MATERIALIZE_BYTES = 1 << 30
 
 
 def train(
@@ -69,6 +71,8 @@ def train(
     storage.write_json(str(run_dir / "config.json"), config.to_dict())
     storage.write_json(str(run_file), {"name": name, "status": "running", "mlflow_run_id": mlflow_run_id})
 
+    # Workers print one line per epoch; Ray Data's per-operator bars would bury it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     fit_ids, val_ids, val_db_ids = _validation_split(dataset, config)
     storage.write_json(str(run_dir / "split.json"), {"validation": val_ids, "seed": config.recipe.seed})
     loop_config = {
@@ -179,14 +183,22 @@ def _decode(batch: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
 
 
 def _training_dataset(dataset: PreparedDataset, fit_ids: list[str]) -> ray.data.Dataset:
-    """The fit rows of the train split, decoded to uint8 arrays and multi-hot labels."""
+    """The fit rows of the train split, decoded to uint8 arrays and multi-hot labels.
+
+    Small sets are decoded once and kept in the object store; large ones stream (and decode)
+    anew each epoch, which keeps memory flat whatever the corpus size.
+    """
     keep = set(fit_ids)
 
     def select_and_decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mask = np.fromiter((row_id in keep for row_id in batch["id"]), dtype=bool, count=len(batch["id"]))
         return _decode({"image": batch["image"][mask], "labels": batch["labels"][mask]}, dataset.num_classes)
 
-    return dataset.read_split("train").map_batches(select_and_decode, batch_format="numpy")
+    decoded = dataset.read_split("train").map_batches(select_and_decode, batch_format="numpy")
+    height, width, channels = dataset.image_shape
+    if len(fit_ids) * height * width * channels <= MATERIALIZE_BYTES:
+        return decoded.materialize()
+    return decoded
 
 
 def _train_loop(cfg: dict[str, Any]) -> None:

@@ -1,0 +1,98 @@
+"""Reading a prepared dataset (the output of ``hashray prepare``): dataset.json plus Parquet parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+
+from pipelines import storage
+from pipelines.images import decode_image
+from pipelines.prepare import SPLITS
+
+__all__ = ["PreparedDataset"]
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset at ``path`` (local or s3://) and its parsed dataset.json ``meta``."""
+
+    path: str
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str) -> PreparedDataset:
+        """Read ``path``/dataset.json; raises FileNotFoundError for a missing or half-written one."""
+        manifest = storage.join(path, "dataset.json")
+        try:
+            meta = storage.read_json(manifest)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{path}: not a prepared dataset: run hashray prepare first"
+            ) from err
+        return cls(str(path), meta)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; label ``i`` is ``classes[i]``."""
+        return list(self.meta["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the width of multi-hot labels)."""
+        return len(self.meta["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every stored image."""
+        image = self.meta["image"]
+        return int(image["height"]), int(image["width"]), int(image["channels"])
+
+    @property
+    def multi_label(self) -> bool:
+        """True when some image carries more than one label."""
+        return bool(self.meta["multi_label"])
+
+    def num_rows(self, split: str) -> int:
+        """Rows in ``split`` (the database resolves to train when it is the train split)."""
+        return int(self._split_entry(split)["rows"])
+
+    def split_files(self, split: str) -> list[str]:
+        """Paths or URIs of ``split``'s Parquet parts, in id order."""
+        return [storage.join(self.path, name) for name in self._split_entry(split)["files"]]
+
+    def read_split(self, split: str) -> ray.data.Dataset:
+        """``split`` as a Ray Dataset with columns id, image (PNG bytes), labels, source."""
+        files = self.split_files(split)
+        fs, _ = storage.filesystem(files[0])
+        return ray.data.read_parquet([storage.inner_path(f) for f in files], filesystem=fs)
+
+    def load_split_numpy(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ids (n,) str, images uint8 (n, H, W, C), multi-hot labels float32 (n, C); small data only."""
+        table = self._read_table(split, ["id", "image", "labels"])
+        ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+        images = np.zeros((table.num_rows, *self.image_shape), dtype=np.uint8)
+        for i, data in enumerate(table.column("image").to_pylist()):
+            images[i] = decode_image(data)
+        labels = np.zeros((table.num_rows, self.num_classes), dtype=np.float32)
+        for i, row in enumerate(table.column("labels").to_pylist()):
+            labels[i, row] = 1.0
+        return ids, images, labels
+
+    def _read_table(self, split: str, columns: list[str]) -> pa.Table:
+        """All of ``split``'s parts as one Arrow table (pyarrow only, no Ray)."""
+        tables = []
+        for uri in self.split_files(split):
+            fs, inner = storage.filesystem(uri)
+            tables.append(pq.read_table(inner, filesystem=fs, columns=columns))
+        return pa.concat_tables(tables)
+
+    def _split_entry(self, split: str) -> dict:
+        """dataset.json's entry for ``split``, following ``same_as``."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        entry = self.meta["splits"][split]
+        return self.meta["splits"][entry["same_as"]] if "same_as" in entry else entry
