@@ -26,7 +26,7 @@ test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: setup
-	$(BIN)/python benchmarks/plain_train.py
+	$(BIN)/python benchmarks/pipeline_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

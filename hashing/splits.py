@@ -53,9 +53,9 @@ def split_indices(
     Returns ``{"query", "train", "database"}`` as sorted int64 arrays; ``database`` is None when
     the protocol's database is the train split (stored once, not twice).
     """
-    proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     if isinstance(protocol, str) and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     primary = _primary_class(labels)
     rng = np.random.default_rng(seed)
     query, train = [], []

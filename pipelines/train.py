@@ -115,6 +115,7 @@ def train(
         "epochs_done": state["epoch"] + 1,
         "best_epoch": state["best_epoch"] + 1,
         "best_val_map": state["best_val_map"],
+        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in state["history"]])),
         "status": "running",
     }
     if state["epoch"] + 1 < config.recipe.epochs:

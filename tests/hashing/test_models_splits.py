@@ -1,0 +1,101 @@
+"""Model registry, save/load without pickle, protocols and augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hashing import models, splits
+from hashing.augment import RandomAffine
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_backbone_builds_offline_and_outputs_bits(name: str) -> None:
+    size = 28 if name == "smallcnn" else 64
+    for channels in (1, 3) if name != "smallcnn" else (1, 3):
+        model = models.build(name, bits=24, in_channels=channels).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, channels, size, size)).shape == (2, 24)
+
+
+def test_unknown_backbone_and_bad_bits() -> None:
+    with pytest.raises(ValueError, match="smallcnn"):
+        models.build("vit_huge", bits=32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        models.build("smallcnn", bits=30)
+
+
+def test_save_load_round_trip_with_rotation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("smallcnn", bits=16, in_channels=1).eval()
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16))
+    model.set_rotation(rotation)
+    models.save_model(model, tmp_path, extra={"method": "adsh", "mean": 0.5})
+    loaded = models.load_model(tmp_path)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(loaded.embed(x), model.embed(x), atol=1e-5)
+    assert torch.allclose(model.embed(x), model(x) @ rotation, atol=1e-5)
+    config = json.loads((tmp_path / "model.json").read_text())
+    assert config["has_rotation"] and config["method"] == "adsh"
+    # the weights file holds only tensors: it loads with weights_only=True
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_pretrained_weights_come_from_a_local_file(tmp_path: Path) -> None:
+    source = models.build("resnet18", bits=32)
+    torch.save(source.backbone.state_dict(), tmp_path / "backbone.pt")
+    model = models.build("resnet18", bits=32, pretrained_path=tmp_path / "backbone.pt")
+    assert torch.equal(model.backbone.conv1.weight, source.backbone.conv1.weight)
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no weights matching"):
+        models.build("resnet18", bits=32, pretrained_path=tmp_path / "bad.pt")
+
+
+def test_mnist5k_protocol_counts_and_determinism() -> None:
+    labels = np.repeat(np.arange(10), 500)
+    first = splits.split_indices(labels, "mnist5k", seed=0)
+    assert len(first["query"]) == 1000 and len(first["train"]) == 4000 and first["database"] is None
+    assert np.all(np.bincount(labels[first["query"]]) == 100)
+    assert not set(first["query"]) & set(first["train"])
+    again = splits.split_indices(labels, "mnist5k", seed=0)
+    assert all(np.array_equal(first[k], again[k]) for k in ("query", "train"))
+    other = splits.split_indices(labels, "mnist5k", seed=1)
+    assert not np.array_equal(first["query"], other["query"])
+
+
+def test_cifar_protocols_database_rules() -> None:
+    labels = np.repeat(np.arange(10), 700)
+    one_k = splits.split_indices(labels, "cifar10-1k")
+    assert len(one_k["query"]) == 1000 and len(one_k["train"]) == 5000
+    assert len(one_k["database"]) == 6000 and set(one_k["train"]) <= set(one_k["database"])
+    excl = splits.split_indices(labels, "cifar10-54k")
+    assert len(excl["database"]) == 1000 and not set(excl["train"]) & set(excl["database"])
+    with pytest.raises(ValueError, match="needs"):
+        splits.split_indices(np.repeat(np.arange(10), 50), "cifar10-1k")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        splits.split_indices(labels, "imagenet")
+
+
+def test_random_protocol_multilabel_and_holdout() -> None:
+    multi = np.zeros((50, 3), dtype=int)
+    multi[np.arange(50), np.arange(50) % 3] = 1
+    multi[::7, 0] = 1
+    split = splits.split_indices(multi, "random", seed=3)
+    assert len(split["query"]) + len(split["train"]) == 50 and len(split["query"]) >= 3
+    kept, held = splits.holdout(100, 0.1, seed=0)
+    assert len(held) == 10 and len(kept) == 90 and not set(kept) & set(held)
+
+
+def test_random_affine_keeps_shape_and_is_identity_in_eval() -> None:
+    augment = RandomAffine(generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 1, 28, 28)
+    out = augment(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    assert torch.equal(augment.eval()(x), x)
