@@ -107,8 +107,7 @@ def from_hex(text: str, bits: int) -> np.ndarray:
     if not isinstance(text, str):
         raise ValueError(f"hex code must be a string, got {type(text).__name__}")
     cleaned = text.strip().lower()
-    if cleaned.startswith("0x"):
-        cleaned = cleaned[2:]
+    cleaned = cleaned.removeprefix("0x")
     if len(cleaned) != 2 * nbytes:
         raise ValueError(
             f"a {bits}-bit code is {2 * nbytes} hex digits, got {len(cleaned)} in {text[:80]!r}"

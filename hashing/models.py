@@ -12,8 +12,9 @@ A trained model is saved as a plain state dict (``model.pt``) next to the config
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision

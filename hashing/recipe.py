@@ -20,7 +20,7 @@ class Recipe:
     bits: int = 32
     backbone: str = "smallcnn"
     pretrained_path: str | None = None
-    epochs: int = 15
+    epochs: int = 30
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -36,7 +36,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
         """Build from a dict, refusing unknown keys so a typo in a config is an error, not a no-op."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from hashing.index import HammingIndex
 from pipelines import cluster
 from pipelines.codes_io import read_codes

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
 
 from hashing import metrics
 from pipelines import storage, tracking
 from pipelines.codes_io import Codes, read_codes
 from pipelines.config import default_tracking_uri
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_FILE", "evaluate"]
 
@@ -92,11 +96,25 @@ def evaluate(
             for path in files:
                 storage.write_bytes(storage.join(out, path.name), path.read_bytes())
             report["files"] = [storage.join(out, path.name) for path in files]
-        if run_id:
-            tracking.log_report(
-                tracking_uri or default_tracking_uri(), run_id, mlflow_metrics(report), files
-            )
+        report["mlflow_logged"] = bool(run_id) and _log_to_run(
+            tracking_uri or default_tracking_uri(), run_id, report, files, explicit=bool(mlflow_run_id)
+        )
     return report
+
+
+def _log_to_run(uri: str, run_id: str, report: dict[str, Any], files: list[Path], *, explicit: bool) -> bool:
+    """Log into the run; a run id read from the codes may live in another store: warn, don't fail."""
+    try:
+        tracking.log_report(uri, run_id, mlflow_metrics(report), files)
+    except MlflowException as err:
+        if explicit:
+            raise ValueError(f"cannot log the report to MLflow run {run_id}: {err.message}") from err
+        log.warning(
+            "MLflow run %s (named in the codes) is not in this tracking store; the report was not "
+            "logged. Set MLFLOW_TRACKING_URI to the store the model was trained with.", run_id
+        )
+        return False
+    return True
 
 
 def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
