@@ -203,7 +203,8 @@ def test_evaluate_matches_hashing_metrics_and_logs_to_mlflow(
     assert report["mlflow_run_id"] == mlflow_store["run_id"] and "tie" in report["ties"]
 
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk == {k: v for k, v in report.items() if k != "files"}
+    assert on_disk == {k: v for k, v in report.items() if k not in ("files", "mlflow_logged")}
+    assert report["mlflow_logged"] is True
     for name in ("pr_curve.png", "precision_at_n.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
