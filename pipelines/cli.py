@@ -133,11 +133,13 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.cluster import connect
     from pipelines.config import load_train_config
+    from pipelines.dataset import PreparedDataset
     from pipelines.train import train
 
     names = ["method", "bits", "backbone", "pretrained_path", "epochs", "batch_size", "lr", "seed",
              "workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "experiment", "out", "name"]  # fmt: skip
     config = load_train_config(args.config, args.data, {n: getattr(args, n) for n in names})
+    PreparedDataset.open(config.data)  # fail on a wrong path before starting Ray
     connect()
     summary = train(config, progress=not args.json, stop_after_epochs=args.stop_after_epochs)
     _say(args, f"run {summary['name']}: {summary['status']}, best val mAP {summary['best_val_map']:.4f} "

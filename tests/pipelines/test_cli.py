@@ -1,0 +1,66 @@
+"""The `hashray` command line: help that teaches, errors that say what to do, config precedence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import load_train_config
+
+COMMANDS = ["prepare", "train", "encode", "evaluate", "demo"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_examples(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"hashray {command}" in out and "--json" in out
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run([Path(sys.executable).parent / "hashray", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train"], "pass --data DIR"),
+        (["train", "--data", "no/such/dir"], "run hashray prepare first"),
+        (["evaluate"], "give --codes DIR"),
+        (["evaluate", "--codes", "no/such/codes"], "re-run hashray encode"),
+    ],
+)
+def test_errors_exit_2_with_advice(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
+    config = load_train_config(REPO / "configs" / "mnist5k-adsh-32.yaml", "data/x", {"bits": 48, "workers": None})
+    assert config.recipe.bits == 48  # flag beats YAML
+    assert config.recipe.method == "adsh" and config.workers == 1  # YAML, and None falls through
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe:\n  epochz: 3\n")
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        load_train_config(bad, "data/x")
+    bad.write_text("workerz: 3\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        load_train_config(bad, "data/x")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        load_train_config(None, "data/x", {"bits": 30})
+
+
+def test_run_name_is_deterministic_and_tracks_the_recipe() -> None:
+    a = load_train_config(None, "d", {"bits": 32})
+    b = load_train_config(None, "d", {"bits": 32})
+    c = load_train_config(None, "d", {"bits": 32, "epochs": 3})
+    assert a.run_name("mnist5k") == b.run_name("mnist5k") != c.run_name("mnist5k")
+    assert a.run_name("mnist5k").startswith("mnist5k-adsh-32-")
