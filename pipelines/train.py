@@ -72,7 +72,9 @@ def train(
     storage.write_json(str(run_file), {"name": name, "status": "running", "mlflow_run_id": mlflow_run_id})
 
     # Workers print one line per epoch; Ray Data's per-operator bars would bury it.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
     fit_ids, val_ids, val_db_ids = _validation_split(dataset, config)
     storage.write_json(str(run_dir / "split.json"), {"validation": val_ids, "seed": config.recipe.seed})
     loop_config = {
@@ -100,6 +102,7 @@ def train(
             storage_path=str(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # epoch lines, not chatter
         ),
         datasets={"train": _training_dataset(dataset, fit_ids)},
     )
