@@ -5,7 +5,9 @@ Bit order (the codes contract, see ARCHITECTURE.md): bit ``i`` of a ``bits``-lon
 ``packbits(..., bitorder="little")`` and it makes a packed code a little-endian integer, so the
 uint64 word view of the bytes is the same code. ``sgn(0) = +1``: a zero output is a 1 bit.
 
-Packed codes are ``uint8`` arrays of shape ``(n, bits // 8)``; ``bits`` must be a multiple of 8.
+Packed codes are ``uint8`` arrays of shape ``(n, ceil(bits / 8))``. Lengths that are not a
+multiple of 8 (12 bits, common in the literature) are padded with zero bits at the top of the last
+byte; zero padding on both sides never changes a Hamming distance.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ __all__ = [
 
 
 def code_bytes(bits: int) -> int:
-    """Number of bytes a ``bits``-long code packs into; raises for bit lengths we cannot pack."""
-    if not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
-    return int(bits) // 8
+    """Number of bytes a ``bits``-long code packs into (padded up to whole bytes)."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or bits <= 0:
+        raise ValueError(f"bits must be a positive integer, got {bits!r}")
+    return -(-int(bits) // 8)
 
 
 def binarize(outputs: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -45,11 +47,12 @@ def binarize(outputs: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def pack_bits(bits_array: np.ndarray) -> np.ndarray:
-    """Pack a bool/0-1 array (n x bits) into uint8 codes (n x bits/8), little-endian bit order."""
+    """Pack a bool/0-1 array (n x bits) into uint8 codes (n x ceil(bits/8)), little-endian bit order."""
     bits_array = np.asarray(bits_array)
     if bits_array.ndim != 2:
         raise ValueError(f"expected a 2-D (n x bits) array, got shape {bits_array.shape}")
     code_bytes(bits_array.shape[1])
+    # packbits pads a short last byte with zeros in its high (little-order: last) positions
     return np.packbits(bits_array.astype(bool), axis=1, bitorder="little")
 
 
@@ -62,8 +65,9 @@ def unpack_bits(packed: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Packed uint8 codes (n x bytes) -> bool array (n x bits)."""
     packed = _as_packed(packed)
     if bits is not None and code_bytes(bits) != packed.shape[1]:
-        raise ValueError(f"{bits}-bit codes need {bits // 8} bytes, got {packed.shape[1]}")
-    return np.unpackbits(packed, axis=1, bitorder="little").astype(bool)
+        raise ValueError(f"{bits}-bit codes need {code_bytes(bits)} bytes, got {packed.shape[1]}")
+    unpacked = np.unpackbits(packed, axis=1, bitorder="little").astype(bool)
+    return unpacked if bits is None else unpacked[:, :bits]
 
 
 def to_words(packed: np.ndarray) -> np.ndarray:
@@ -116,6 +120,8 @@ def from_hex(text: str, bits: int) -> np.ndarray:
         raw = bytes.fromhex(cleaned)
     except ValueError:
         raise ValueError(f"not a hex string: {text[:80]!r}") from None
+    if bits % 8 and raw[-1] >> (bits % 8):
+        raise ValueError(f"{text[:80]!r} sets padding bits beyond bit {bits - 1}")
     return np.frombuffer(raw, dtype=np.uint8).copy()
 
 

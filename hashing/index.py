@@ -261,7 +261,7 @@ class _FaissScan:
     def __init__(self, codes: np.ndarray, bits: int) -> None:
         import faiss
 
-        self._index = faiss.IndexBinaryFlat(bits)
+        self._index = faiss.IndexBinaryFlat(8 * code_bytes(bits))  # faiss counts whole bytes; padding is zero
         self._index.add(codes)
 
     def within(self, queries: np.ndarray, radius: int) -> Candidates:

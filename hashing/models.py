@@ -88,8 +88,8 @@ class HashModel(nn.Module):
         super().__init__()
         if backbone not in _BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {list_models()}")
-        if bits <= 0 or bits % 8:
-            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        if bits <= 0:
+            raise ValueError(f"bits must be positive, got {bits}")
         native = _NATIVE_CHANNELS[backbone]
         self.repeat_channels = native is not None and native != in_channels
         if self.repeat_channels and in_channels != 1:

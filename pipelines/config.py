@@ -110,8 +110,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _validate(config: TrainConfig) -> None:
     recipe = config.recipe
-    if recipe.bits <= 0 or recipe.bits % 8:
-        raise ValueError(f"bits must be a positive multiple of 8, got {recipe.bits}")
+    if not 1 <= recipe.bits <= 1024:
+        raise ValueError(f"bits must be between 1 and 1024, got {recipe.bits}")
     if recipe.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {recipe.epochs}")
     if config.workers < 1:

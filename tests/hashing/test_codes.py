@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from hashing import codes
+from hashing.index import HammingIndex
 
 
-@pytest.mark.parametrize("bits", [8, 16, 24, 32, 48, 64, 128, 256])
+@pytest.mark.parametrize("bits", [8, 12, 16, 24, 32, 48, 64, 100, 128, 256])
 def test_pack_unpack_hex_round_trip(bits: int) -> None:
     rng = np.random.default_rng(bits)
     bit_array = rng.random((7, bits)) < 0.5
     packed = codes.pack_bits(bit_array)
-    assert packed.shape == (7, bits // 8) and packed.dtype == np.uint8
+    assert packed.shape == (7, -(-bits // 8)) and packed.dtype == np.uint8
     assert np.array_equal(codes.unpack_bits(packed, bits), bit_array)
     for row, text in zip(packed, codes.to_hex(packed)):
-        assert len(text) == bits // 4
+        assert len(text) == 2 * -(-bits // 8)
         assert np.array_equal(codes.from_hex(text, bits), row)
         assert np.array_equal(codes.from_hex("0x" + text.upper(), bits), row)
 
@@ -45,7 +46,8 @@ def test_hamming_distance_matches_bit_count() -> None:
 
 @pytest.mark.parametrize(
     ("text", "bits", "message"),
-    [("abc", 16, "4 hex digits"), ("zz", 8, "not a hex"), ("", 8, "2 hex digits"), ("00", 12, "multiple of 8")],
+    [("abc", 16, "4 hex digits"), ("zz", 8, "not a hex"), ("", 8, "2 hex digits"),
+     ("fff0", 12, "padding bits"), ("00", 0, "positive")],
 )
 def test_from_hex_errors(text: str, bits: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -53,11 +55,24 @@ def test_from_hex_errors(text: str, bits: int, message: str) -> None:
 
 
 def test_bad_shapes_and_types() -> None:
-    with pytest.raises(ValueError, match="multiple of 8"):
-        codes.pack_bits(np.zeros((2, 12), dtype=bool))
+    with pytest.raises(ValueError, match="positive"):
+        codes.pack_bits(np.zeros((2, 0), dtype=bool))
     with pytest.raises(TypeError, match="uint8"):
         codes.unpack_bits(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="need 4 bytes"):
         codes.unpack_bits(np.zeros((2, 2), dtype=np.uint8), 32)
     with pytest.raises(ValueError, match="differ"):
         codes.hamming_distance(np.zeros((1, 2), np.uint8), np.zeros((1, 4), np.uint8))
+
+
+def test_short_codes_pad_with_zero_bits_and_keep_distances() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.random((4, 12)) < 0.5, rng.random((3, 12)) < 0.5
+    pa, pb = codes.pack_bits(a), codes.pack_bits(b)
+    assert pa.shape == (4, 2) and np.all(pa[:, 1] >> 4 == 0)
+    expected = np.array([[int(np.sum(x != y)) for y in b] for x in a])
+    assert np.array_equal(codes.hamming_distance(pa, pb), expected)
+    index = HammingIndex(12)  # 12-bit codes work end to end in the index too
+    index.add(pa, [f"a{i}" for i in range(4)])
+    distances, _ = index.search(pb, 4)
+    assert np.array_equal(distances, np.sort(expected.T, axis=1))

@@ -54,8 +54,8 @@ def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
     bad.write_text("workerz: 3\n")
     with pytest.raises(ValueError, match="unknown config keys"):
         load_train_config(bad, "data/x")
-    with pytest.raises(ValueError, match="multiple of 8"):
-        load_train_config(None, "data/x", {"bits": 30})
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        load_train_config(None, "data/x", {"bits": 0})
 
 
 def test_run_name_is_deterministic_and_tracks_the_recipe() -> None:
