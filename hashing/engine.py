@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hashing import metrics
@@ -21,6 +22,7 @@ from hashing.codes import pack_codes
 __all__ = [
     "Objective",
     "build_optimizer",
+    "classification_loss",
     "build_scheduler",
     "compute_outputs",
     "evaluate_retrieval",
@@ -72,15 +74,42 @@ class Objective(nn.Module):
 
     Losses may own parameters (ADSH's class weights); wrapping both in one module lets a
     data-parallel wrapper (DDP via ``ray.train.torch.prepare_model``) synchronise all of them.
+    With ``num_classes`` it also holds a classifier on ``tanh`` of the hash layer, used while
+    ``pretraining`` is set: the classification pre-training stage of Mu & Liu (``exphash``).
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, num_classes: int | None = None) -> None:
         super().__init__()
         self.model, self.loss = model, loss
+        self.classifier = nn.Linear(model.bits, num_classes) if num_classes else None
+        self.pretraining = False
+        self._pretrain_terms: dict[str, float] = {}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images (n x C x H x W), labels (n x C or n,) -> scalar loss."""
-        return self.loss(self.model(images), labels)
+        outputs = self.model(images)
+        if not self.pretraining:
+            return self.loss(outputs, labels)
+        if self.classifier is None:
+            raise RuntimeError("pretraining needs an Objective built with num_classes")
+        loss = classification_loss(self.classifier(torch.tanh(outputs)), labels)
+        self._pretrain_terms = {"classification": float(loss.detach())}
+        return loss
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """The parts of the last loss, for logging."""
+        return self._pretrain_terms if self.pretraining else getattr(self.loss, "last_terms", {})
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for single-label rows (ids or one-hot), binary cross-entropy for multi-label."""
+    if labels.ndim == 1:
+        return F.cross_entropy(logits, labels.long())
+    labels = labels.float()
+    if bool((labels.sum(dim=1) == 1).all()):
+        return F.cross_entropy(logits, labels.argmax(dim=1))
+    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 def train_one_epoch(
@@ -97,7 +126,7 @@ def train_one_epoch(
     Returns the mean loss, the mean of each loss term, images seen and images/s.
     """
     objective.train()
-    loss_fn = getattr(objective, "module", objective).loss
+    inner = getattr(objective, "module", objective)  # unwrap DDP
     totals: dict[str, float] = {}
     n_images, n_steps, start = 0, 0, time.perf_counter()
     for images, labels in batches:
@@ -112,7 +141,7 @@ def train_one_epoch(
                 [p for g in optimizer.param_groups for p in g["params"]], max_grad_norm
             )
         optimizer.step()
-        for name, value in {"loss": loss.item(), **getattr(loss_fn, "last_terms", {})}.items():
+        for name, value in {"loss": loss.item(), **inner.last_terms}.items():
             totals[name] = totals.get(name, 0.0) + float(value)
         n_images += len(images)
         n_steps += 1

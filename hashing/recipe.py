@@ -30,6 +30,19 @@ class Recipe:
     seed: int = 0
     val_fraction: float = 0.1
     loss_params: dict[str, Any] = field(default_factory=dict)
+    # Method stages (a loss's ``stages``); None picks the method's default.
+    pretrain_epochs: int | None = None  # classification epochs before hashing (exphash: 3)
+    rotation: str | None = None  # post-hoc rotation: "none", "itq" or "search" (sdsh: "search")
+
+    def stage_plan(self, stages: tuple[str, ...]) -> tuple[int, str]:
+        """(classification pre-training epochs, rotation kind) for a method declaring ``stages``."""
+        pretrain = self.pretrain_epochs
+        if pretrain is None:
+            pretrain = 3 if "classification_pretrain" in stages else 0
+        rotation = self.rotation or ("search" if "rotation" in stages else "none")
+        if rotation not in ("none", "itq", "search"):
+            raise ValueError(f"rotation must be none, itq or search, got {rotation!r}")
+        return pretrain, rotation
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML-ready)."""

@@ -121,13 +121,18 @@ def train(
         "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in state["history"]])),
         "status": "running",
     }
-    if state["epoch"] + 1 < config.recipe.epochs:
+    stages = losses.build(config.recipe.method, bits=config.recipe.bits, num_classes=dataset.num_classes,
+                          **config.recipe.loss_params).stages  # fmt: skip
+    pretrain_epochs, rotation = config.recipe.stage_plan(stages)
+    if state["epoch"] + 1 < pretrain_epochs + config.recipe.epochs:
         summary["status"] = "stopped"
         storage.write_json(str(run_file), summary)
         return summary
 
     model = models.build(config.recipe.backbone, bits=config.recipe.bits, in_channels=dataset.image_shape[2])
     model.load_state_dict(state["best_model"])
+    if rotation != "none":
+        model.set_rotation(_fit_rotation(model, rotation, dataset, val_ids + val_db_ids, config.recipe.seed))
     model_dir = run_dir / "model"
     models.save_model(model, model_dir, extra={
         "method": config.recipe.method,
@@ -137,6 +142,7 @@ def train(
         "classes": dataset.classes, "dataset": dataset.meta["name"],
         "model_version": mlflow_run_id, "mlflow_run_id": mlflow_run_id,
         "best_epoch": state["best_epoch"] + 1, "best_val_map": state["best_val_map"],
+        "rotation": rotation, "pretrain_epochs": pretrain_epochs,
     })  # fmt: skip
     registered = tracking.finish_run(
         tracking_uri, mlflow_run_id, model_dir, state["history"], register_as=config.register_as or f"hashray-{name}"
@@ -145,6 +151,27 @@ def train(
                    registered_model=registered)  # fmt: skip
     storage.write_json(str(run_file), summary)
     return summary
+
+
+def _fit_rotation(
+    model: models.HashModel, kind: str, dataset: PreparedDataset, ids: list[str], seed: int
+) -> torch.Tensor:
+    """Post-hoc rotation (ITQ or the SDSH mAP search) fitted on training-side rows, never queries.
+
+    The rows are the validation split plus the validation database sample of the fit rows: the
+    SDSH search needs thousands of pseudo-queries, more than the held-out split alone holds.
+    """
+    from hashing import quantize
+
+    images, labels = _load_rows(dataset.split_files("train"), ids, dataset.num_classes)
+    batches = ((engine.images_to_tensor(images[i : i + 512], PIXEL_MEAN, PIXEL_STD), labels[i : i + 512])
+               for i in range(0, len(images), 512))  # fmt: skip
+    outputs, labels = engine.compute_outputs(model, batches, torch.device("cpu"))
+    if kind == "itq":
+        rotation = quantize.itq_rotation(outputs, seed=seed)
+    else:
+        rotation = quantize.map_rotation_search(outputs, labels, seed=seed)
+    return torch.as_tensor(rotation, dtype=torch.float32)
 
 
 def _validation_split(dataset: PreparedDataset, config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
@@ -217,9 +244,11 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=cfg["in_channels"],
                          pretrained_path=recipe.pretrained_path)  # fmt: skip
     loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params)
-    objective = engine.Objective(model, loss_fn)
+    pretrain_epochs, _ = recipe.stage_plan(loss_fn.stages)
+    total_epochs = pretrain_epochs + recipe.epochs
+    objective = engine.Objective(model, loss_fn, num_classes=cfg["num_classes"] if pretrain_epochs else None)
     optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
-    scheduler = engine.build_scheduler(optimizer, recipe.epochs, recipe.warmup_epochs)
+    scheduler = engine.build_scheduler(optimizer, total_epochs, recipe.warmup_epochs)
     state = {"epoch": -1, "best_epoch": -1, "best_val_map": -1.0, "best_model": None, "history": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -228,7 +257,9 @@ def _train_loop(cfg: dict[str, Any]) -> None:
         objective.load_state_dict(state.pop("objective"))
         optimizer.load_state_dict(state.pop("optimizer"))
         scheduler.load_state_dict(state.pop("scheduler"))
-    objective = ray.train.torch.prepare_model(objective)
+    # The classifier (pre-training) and the loss (hashing) each sit idle in one phase.
+    ddp_kwargs = {"find_unused_parameters": True} if pretrain_epochs else None
+    objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs=ddp_kwargs)
     augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state["epoch"] + 1))
 
     validation, logger = None, None
@@ -238,8 +269,9 @@ def _train_loop(cfg: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     stop_at = cfg["stop_after_epochs"]
-    for epoch in range(state["epoch"] + 1, recipe.epochs):
+    for epoch in range(state["epoch"] + 1, total_epochs):
         start = time.perf_counter()
+        getattr(objective, "module", objective).pretraining = epoch < pretrain_epochs
         batches = (
             (engine.images_to_tensor(b["image"].cpu().numpy(), PIXEL_MEAN, PIXEL_STD), b["labels"])
             for b in shard.iter_torch_batches(batch_size=recipe.batch_size, device="cpu",
@@ -263,7 +295,7 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             state["epoch"] = epoch
             logger.log_metrics(metrics, step=epoch + 1)
             if cfg["progress"]:
-                print(f"epoch {epoch + 1}/{recipe.epochs}  loss {stats['loss']:.4f}  "
+                print(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
                       f"val mAP {metrics['val_map']:.4f}  {stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),
