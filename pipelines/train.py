@@ -272,11 +272,11 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, total_epochs):
         start = time.perf_counter()
         getattr(objective, "module", objective).pretraining = epoch < pretrain_epochs
+        # numpy batches, converted once here (train_one_epoch moves them to the device)
         batches = (
-            (engine.images_to_tensor(b["image"].cpu().numpy(), PIXEL_MEAN, PIXEL_STD), b["labels"])
-            for b in shard.iter_torch_batches(batch_size=recipe.batch_size, device="cpu",
-                                              local_shuffle_buffer_size=4096,
-                                              local_shuffle_seed=recipe.seed + epoch)
+            (engine.images_to_tensor(b["image"], PIXEL_MEAN, PIXEL_STD), torch.from_numpy(b["labels"]))
+            for b in shard.iter_batches(batch_size=recipe.batch_size, batch_format="numpy", prefetch_batches=2,
+                                        local_shuffle_buffer_size=4096, local_shuffle_seed=recipe.seed + epoch)
         )  # fmt: skip
         stats = engine.train_one_epoch(objective, batches, optimizer, device,
                                        augment=augment if recipe.augment else None)  # fmt: skip
