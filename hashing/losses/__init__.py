@@ -51,4 +51,13 @@ def build(name: str, *, bits: int, num_classes: int, **params: Any) -> HashLoss:
 
 
 # One line per method: importing the module registers it.
-from hashing.losses import adsh  # noqa: F401
+from hashing.losses import (
+    adsh,  # noqa: F401
+    csq,  # noqa: F401
+    dpsh,  # noqa: F401
+    dsh,  # noqa: F401
+    exphash,  # noqa: F401
+    hashnet,  # noqa: F401
+    sdsh,  # noqa: F401
+    tql,  # noqa: F401
+)

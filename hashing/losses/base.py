@@ -1,11 +1,27 @@
-"""The hashing-loss base class (public call and input checks written once) and label helpers."""
+"""The hashing-loss base class (public call and input checks written once) and shared helpers.
+
+Helpers: label handling (``as_multihot``, ``similarity_matrix``), pair and triplet selection
+(``distinct_pairs``, ``triplet_mask``), reductions (``masked_mean``, ``balanced_pair_mean``),
+``pairwise_sq_distances``, ``hard_sign`` and the ``Continuation`` schedule for tanh(beta h).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["HashLoss", "as_multihot", "similarity_matrix"]
+__all__ = [
+    "Continuation",
+    "HashLoss",
+    "as_multihot",
+    "balanced_pair_mean",
+    "distinct_pairs",
+    "hard_sign",
+    "masked_mean",
+    "pairwise_sq_distances",
+    "similarity_matrix",
+    "triplet_mask",
+]
 
 
 def as_multihot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -46,6 +62,74 @@ def similarity_matrix(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.T
         )
     # float32 counts are exact far beyond any realistic number of classes
     return (labels_a.float() @ labels_b.float().T) > 0
+
+
+def distinct_pairs(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """Each unordered pair once: bool (n x n), True where i < j."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(diagonal=1)
+
+
+def triplet_mask(similar: torch.Tensor, *, self_positive: bool) -> torch.Tensor:
+    """Valid triplets [a, p, q] from a similarity (n x n) bool: p similar to a, q not -> (n x n x n).
+
+    With ``self_positive`` the anchor also serves as its own positive (p = a, distance 0), as in
+    the SDSH code: such triplets push negatives away even in a batch without a positive pair.
+    """
+    positive = similar.clone()
+    if not self_positive:
+        positive.fill_diagonal_(False)
+    return positive[:, :, None] & ~similar[:, None, :]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` (same shape, bool) holds; 0 (with a graph) if none does."""
+    # where, not multiplication: values outside the mask never reach the sum or its gradient
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+def balanced_pair_mean(values: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+    """Pairs i < j of values (n x n) with similar and dissimilar pairs weighted equally: scalar.
+
+    Equals the weighted mean with positives weighted n_neg / n_pos (HashNet, exphash): the mean of
+    the two group means, or the one non-empty group's mean.
+    """
+    pairs = distinct_pairs(len(values), values.device)
+    groups = (pairs & similar, pairs & ~similar)
+    means = torch.stack([masked_mean(values, group) for group in groups])
+    present = torch.stack([group.any() for group in groups]).to(values.dtype)
+    return (means * present).sum() / present.sum().clamp(min=1)
+
+
+def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between rows of x (n x d): (n x n), exactly 0 on the diagonal."""
+    # explicit differences: no cancellation error, and a zero (not NaN) gradient at distance 0
+    return (x[:, None, :] - x[None, :, :]).pow(2).sum(dim=-1)
+
+
+def hard_sign(x: torch.Tensor) -> torch.Tensor:
+    """sgn with sgn(0) = +1 (the codes contract), same shape and dtype as x; no gradient."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class Continuation(nn.Module):
+    """HashNet's continuation beta = (1 + gamma * step)^power for tanh(beta h).
+
+    ``step`` is a buffer (saved with the loss's state dict) counting training-mode calls, so a
+    resumed run continues the schedule; evaluation-mode calls read beta without advancing it.
+    """
+
+    def __init__(self, gamma: float, power: float) -> None:
+        super().__init__()
+        self.gamma, self.power = gamma, power
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self) -> float:
+        """The current beta; advances the schedule by one step in training mode."""
+        beta = (1.0 + self.gamma * float(self.step)) ** self.power
+        if self.training:
+            self.step += 1
+        return beta
 
 
 class HashLoss(nn.Module):
