@@ -24,6 +24,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from threadpoolctl import threadpool_limits
 
 from hashing import engine, losses, models, splits
 from hashing.augment import RandomAffine
@@ -167,10 +168,12 @@ def _fit_rotation(
     batches = ((engine.images_to_tensor(images[i : i + 512], PIXEL_MEAN, PIXEL_STD), labels[i : i + 512])
                for i in range(0, len(images), 512))  # fmt: skip
     outputs, labels = engine.compute_outputs(model, batches, torch.device("cpu"))
-    if kind == "itq":
-        rotation = quantize.itq_rotation(outputs, seed=seed)
-    else:
-        rotation = quantize.map_rotation_search(outputs, labels, seed=seed)
+    # Many small matrix products: multi-threaded BLAS is tens of times slower here, not faster.
+    with threadpool_limits(1):
+        if kind == "itq":
+            rotation = quantize.itq_rotation(outputs, seed=seed)
+        else:
+            rotation = quantize.map_rotation_search(outputs, labels, seed=seed)
     return torch.as_tensor(rotation, dtype=torch.float32)
 
 
