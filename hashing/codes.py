@@ -109,7 +109,7 @@ def from_hex(text: str, bits: int) -> np.ndarray:
     """Parse a hex code of ``bits`` bits into a packed uint8 array (bits/8,), with clear errors."""
     nbytes = code_bytes(bits)
     if not isinstance(text, str):
-        raise ValueError(f"hex code must be a string, got {type(text).__name__}")
+        raise TypeError(f"hex code must be a string, got {type(text).__name__}")
     cleaned = text.strip().lower()
     cleaned = cleaned.removeprefix("0x")
     if len(cleaned) != 2 * nbytes:

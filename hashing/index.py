@@ -1,71 +1,93 @@
 """Exact Hamming search over packed binary codes: top-k and radius queries ordered by (distance, id).
 
 Results are exact and deterministic: items are ordered by Hamming distance, then by id in string
-order, so search shards can be merged exactly and two runs agree item for item.
+order, so search shards can be merged exactly and two runs agree item for item, whatever strategy
+answers a query.
 
-How it works. Learned codes repeat, so items are grouped by code: the backend scans only the
-distinct codes, and every group keeps its items sorted by id rank (the position of the id in sorted
-order, so tie-breaking compares integers, not strings). A top-k query finds the distance ``t`` of
-the k-th item; every item closer than ``t`` is in the answer and the rest are the lowest-ranked
-items at distance ``t``. So the backend must return *every* code at distance <= t, which a plain
-faiss top-k does not promise (it cuts a tie group anywhere): the faiss backend fetches a margin past
-k and re-asks with a range search for the queries whose tie group runs past that margin.
+How it works. Items are grouped: each group holds the items of one code (or, for the flat
+strategy, a single item), sorted by id rank (the position of the id in sorted order, so
+tie-breaking compares integers, not strings). A search finds candidate groups with their
+distances, then expands groups into items in (distance, rank) order. A top-k query finds the
+distance ``t`` of the k-th item; every item closer than ``t`` is in the answer and the rest are
+the lowest-ranked items at distance ``t``; so the group search must return *every* group at
+distance <= t.
 
-Backends: ``"faiss"`` (``IndexBinaryFlat``: C++ popcount scans, threaded over queries) and
-``"numpy"`` (``np.bitwise_count`` over uint64 words, one query at a time). ``"auto"`` picks faiss
-when it imports. Measured by benchmarks/index_speed.py (1M 64-bit codes, 100 batched queries, CPU
-time per query on the 2-core dev machine): faiss on one thread costs 1.2 ms for top-10 vs 3.8 ms
-for numpy on random codes, 0.74 vs 2.65 ms on learned-like codes, and 0.34-0.51 vs 0.75-1.32 ms for
-radius 2, so 2.2-3.6x less; numpy is the fallback without faiss. faiss threads over queries with
-OpenMP; on an oversubscribed machine more threads than free cores made it several times slower, so
-give each process (a Ray actor, say) as many faiss threads as it has CPUs (OMP_NUM_THREADS).
+Strategies (``strategy=``), all exact and identical in their answers:
+- ``"flat"``: one group per item, scanned in full (faiss ``IndexBinaryFlat`` or numpy popcounts);
+- ``"buckets"``: one group per distinct code, scanned in full; learned codes repeat a lot, so
+  this scans far fewer codes;
+- ``"mih"``: multi-index hashing over the distinct codes (hashing/mih.py): substring tables probed
+  within a radius, growing the radius for top-k (however many probes that takes);
+- ``"auto"`` (default): flat when nearly every code is distinct (grouping would save nothing),
+  buckets otherwise; then per query kind (top-k for a k, radius r) multi-index hashing when its
+  cost, measured on a sample of the indexed codes used as queries, is below a scan's, and even
+  then a top-k query whose next probe level would cost more than a scan is scanned instead. ``plan``
+  says what a query would use.
 
-faiss notes: packed bytes go in as they are (faiss reads the bits of a byte in its own order, but a
-Hamming distance does not depend on bit order when both sides use the same bytes).
-``IndexBinaryFlat.range_search(x, radius)`` returns distances strictly below ``radius`` (checked
-in tests/hashing/test_index.py), so an inclusive radius ``r`` is asked as ``r + 1``.
+Deletes and updates: ``remove`` marks items dead (tombstones) and drops them from the groups'
+posting lists, without re-sorting anything or rebuilding the scan or substring tables. ``add``
+after the first search puts new items in a second, small segment that is rebuilt alone; queries
+search both segments and merge. ``compact`` (also run automatically when dead items or the new
+segment outgrow ``_COMPACT_FRACTION`` of the index) drops dead items and rebuilds one segment.
 
-Memory: a query holds the distinct codes within its k-th distance (or radius) at once, and queries
-run in chunks of ``_QUERY_CHUNK``.
+Backends: ``"faiss"`` (C++ popcount scans, threaded over queries) and ``"numpy"``; ``"auto"``
+picks faiss when it imports. faiss threads over queries with OpenMP; on an oversubscribed machine
+more threads than free cores made it several times slower, so give each process (a Ray actor, say)
+as many faiss threads as it has CPUs (OMP_NUM_THREADS). Speeds: benchmarks/search.py.
+
+Memory: a query holds the groups within its k-th distance (or radius) at once, and queries run in
+chunks of ``_QUERY_CHUNK``. Save format: hashing/index_store.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from hashing import index_store
 from hashing.codes import code_bytes, to_words
+from hashing.hamming_scan import SCANS, Candidates
+from hashing.mih import CANDIDATE_COST, PROBE_COST, SCAN_COST, MultiIndex
 
-__all__ = ["HammingIndex"]
+__all__ = ["STRATEGIES", "HammingIndex"]
 
+STRATEGIES = ("auto", "flat", "buckets", "mih")
 _QUERY_CHUNK = 1024  # queries per backend call: bounds the result buffers, keeps calls batched
-_FORMAT = "hashray.hamming_index"
-_FORMAT_VERSION = 1
-_HEADER = "index.json"
-_ARRAYS = ("codes.npy", "ids.npy")
-
-Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (distinct-code indices, distances)
+_FLAT_RATIO = 0.9  # distinct codes per item above which grouping by code saves nothing
+_COMPACT_FRACTION = 0.25  # dead items or new-segment items, as a share of all, that trigger compact
+_PLAN_SAMPLE = 64  # indexed codes used as queries to measure the cost of multi-index hashing
 
 
 class HammingIndex:
     """Exact Hamming index over packed uint8 codes (n x bits/8) with unique string ids."""
 
-    def __init__(self, bits: int, backend: str = "auto") -> None:
-        """Empty index for ``bits``-long codes; backend is "auto", "faiss" or "numpy"."""
+    def __init__(
+        self,
+        bits: int,
+        backend: str = "auto",
+        strategy: str = "auto",
+        model_version: str | None = None,
+    ) -> None:
+        """Empty index for ``bits``-long codes; backend "auto"/"faiss"/"numpy"; strategy: STRATEGIES."""
         self._bits = int(bits)
         self._nbytes = code_bytes(bits)
         self._backend = _resolve_backend(backend)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+        self._strategy = strategy
+        self.model_version = model_version  # which model made the codes; kept by save/load
         self._codes = np.empty((0, self._nbytes), dtype=np.uint8)
         self._ids = np.empty(0, dtype="<U1")
         self._rank = np.empty(0, dtype=np.int64)  # rank[i]: position of ids[i] in sorted id order
-        self._groups: _Groups | None = None  # built on the first query after a change
+        self._alive = np.empty(0, dtype=bool)  # False: removed (a tombstone until compact)
+        self._segments: list[_Segment] = []  # built on the first query after a rebuild
+        self._built = 0  # items [0, _built) are in the first segment, the rest in the second
+        self._stored_groups: tuple[np.ndarray, np.ndarray] | None = None  # from load: skip a sort
 
     @property
     def bits(self) -> int:
@@ -78,30 +100,79 @@ class HammingIndex:
         return self._backend
 
     @property
+    def strategy(self) -> str:
+        """The requested strategy (see ``plan`` for what a given query uses)."""
+        return self._strategy
+
+    @property
     def ids(self) -> np.ndarray:
-        """Read-only view of the ids (n,), in insertion order (id order after ``load``)."""
-        view = self._ids.view()
+        """Read-only view of the live ids (n,), in insertion order (id order after ``load``)."""
+        view = self._ids.view() if self._alive.all() else self._ids[self._alive]
         view.flags.writeable = False
         return view
 
     def __len__(self) -> int:
-        """Number of items in the index."""
-        return len(self._ids)
+        """Number of live items in the index."""
+        return int(np.count_nonzero(self._alive))
 
     def add(self, packed_codes: np.ndarray, ids: Sequence[str | int] | np.ndarray) -> None:
-        """Append packed codes (n x bits/8 uint8) with their ids (n,); ids must stay unique."""
+        """Append packed codes (n x bits/8 uint8) with their ids (n,); live ids must stay unique."""
         codes = self._check_codes(packed_codes, "packed_codes")
         new_ids = _as_ids(ids, len(codes))
         all_ids = np.concatenate([self._ids, new_ids])
+        alive = np.concatenate([self._alive, np.ones(len(new_ids), dtype=bool)])
         order = np.argsort(all_ids, kind="stable")
-        sorted_ids = all_ids[order]
-        repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+        live_sorted = all_ids[order][alive[order]]  # a removed id may come back
+        repeated = live_sorted[1:][live_sorted[1:] == live_sorted[:-1]]
         if len(repeated):
             raise ValueError(
                 f"duplicate ids ({len(repeated)}; already in the index or repeated in this batch),"
                 f" e.g. {repeated[:5].tolist()}"
             )
-        self._commit(np.concatenate([self._codes, codes]), all_ids, order)
+        self._codes = np.concatenate([self._codes, codes])
+        self._ids, self._alive = all_ids, alive
+        self._rank = _ranks(order)
+        self._stored_groups = None
+        # the first segment stays; the new items form (or join) the second one, rebuilt alone
+        self._segments = self._segments[:1]
+        if len(self._codes) - self._built > _COMPACT_FRACTION * len(self._codes):
+            self._segments, self._built = [], 0
+
+    def remove(self, ids: Sequence[str | int] | np.ndarray) -> None:
+        """Delete the items with these ids (tombstones: no rebuild); unknown ids raise KeyError."""
+        doomed = _as_ids(ids, len(np.asarray(ids)))
+        live = np.flatnonzero(self._alive)
+        by_id = live[np.argsort(self._ids[live], kind="stable")]
+        slots = np.minimum(np.searchsorted(self._ids[by_id], doomed), max(len(by_id) - 1, 0))
+        known = self._ids[by_id[slots]] == doomed if len(by_id) else np.zeros(len(doomed), bool)
+        if not known.all():
+            missing = doomed[~known]
+            raise KeyError(f"ids not in the index ({len(missing)}), e.g. {missing[:5].tolist()}")
+        self._alive[by_id[slots]] = False
+        self._segments = [segment.without(self._alive) for segment in self._segments]
+
+    def update(self, packed_codes: np.ndarray, ids: Sequence[str | int] | np.ndarray) -> None:
+        """Set the codes of these ids, adding the ids that are new (remove + add)."""
+        codes = self._check_codes(packed_codes, "packed_codes")
+        new_ids = _as_ids(ids, len(codes))
+        present = np.isin(new_ids, self._ids[self._alive])
+        self.remove(new_ids[present])
+        self.add(codes, new_ids)
+
+    def compact(self) -> None:
+        """Drop removed items for good and rebuild one segment over the rest."""
+        keep = np.flatnonzero(self._alive)
+        self._codes, self._ids = self._codes[keep], self._ids[keep]
+        self._rank = _ranks(np.argsort(self._ids, kind="stable"))
+        self._alive = np.ones(len(keep), dtype=bool)
+        self._segments, self._built, self._stored_groups = [], 0, None
+
+    def plan(self, k: int | None = None, radius: int | None = None) -> list[str]:
+        """Strategy per segment ("flat", "buckets" or "mih") for a top-k or a radius query."""
+        if (k is None) == (radius is None):
+            raise ValueError("give exactly one of k and radius")
+        kind = ("top", _check_int(k, "k", 1)) if k is not None else ("radius", radius)
+        return [segment.plan(*kind) for segment in self._prepared()]
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k per query (q x bits/8) -> (distances int32, ids), each (q x min(k, len)).
@@ -113,11 +184,11 @@ class HammingIndex:
         items = np.empty((len(queries), k), dtype=np.int64)
         distances = np.empty((len(queries), k), dtype=np.int32)
         if k:
-            groups = self._prepared()
+            segments = self._prepared()
             for start in range(0, len(queries), _QUERY_CHUNK):
-                chunk = queries[start : start + _QUERY_CHUNK]
-                for row, found in enumerate(groups.scan.nearest(chunk, groups.counts, k)):
-                    items[start + row], distances[start + row] = groups.top_k(*found, k)
+                chunk = slice(start, start + _QUERY_CHUNK)
+                best = [segment.top_k(queries[chunk], k, self._rank) for segment in segments]
+                items[chunk], distances[chunk] = self._merged_top_k(best, k)
         return distances, self._ids[items]
 
     def radius_search(
@@ -128,53 +199,45 @@ class HammingIndex:
         r = _check_int(r, "r", minimum=0)
         if not len(self):
             return [(np.empty(0, dtype=np.int32), self._ids[:0]) for _ in queries]
-        groups = self._prepared()
+        segments = self._prepared()
         results = []
         for start in range(0, len(queries), _QUERY_CHUNK):
-            for found in groups.scan.within(queries[start : start + _QUERY_CHUNK], r):
-                items, distances = groups.expand(*found)
-                results.append((distances, self._ids[items]))
+            chunk = queries[start : start + _QUERY_CHUNK]
+            hits = _Hits.concatenate([segment.within(chunk, r, self._rank) for segment in segments])
+            if len(segments) > 1:
+                hits = hits.sorted(self._rank)
+            ids = self._ids[hits.items]
+            results.extend(
+                (hits.distances[a:b], ids[a:b]) for a, b in itertools.pairwise(hits.bounds())
+            )
         return results
 
     def save(self, path: str | Path) -> None:
-        """Write the index to directory ``path``: codes.npy, ids.npy, then index.json (header)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / _HEADER).unlink(missing_ok=True)  # an old header must not vouch for new arrays
-        by_id = np.argsort(self._rank)  # stored in id order, so load needs no sort
-        digests = {}
-        for name, array in zip(_ARRAYS, (self._codes[by_id], self._ids[by_id])):
-            buffer = io.BytesIO()
-            np.save(buffer, array, allow_pickle=False)
-            data = buffer.getvalue()
-            (path / name).write_bytes(data)
-            digests[name] = hashlib.sha256(data).hexdigest()
-        header = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "bits": self._bits,
-            "count": len(self),
-            "sha256": digests,
-        }
-        # the header goes last: a directory without it is a half-written index and will not load
-        (path / _HEADER).write_text(json.dumps(header, indent=2) + "\n")
+        """Write the index to directory ``path`` (format: hashing/index_store.py); live items only."""
+        live = np.flatnonzero(self._alive)
+        by_id = live[np.argsort(self._rank[live])]  # stored in id order, so load needs no sort
+        codes = self._codes[by_id]
+        groups = _Groups.distinct(codes, np.arange(len(codes)), np.arange(len(codes)))
+        index_store.save(
+            path,
+            bits=self._bits,
+            model_version=self.model_version,
+            arrays={
+                "codes": codes,
+                "ids": self._ids[by_id],
+                "members": groups.members,
+                "offsets": groups.offsets,
+            },
+        )
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto") -> HammingIndex:
-        """Read an index written by ``save``, verifying format, checksums, shapes and ids."""
-        path = Path(path)
-        header_path = path / _HEADER
-        if not header_path.is_file():
-            raise FileNotFoundError(f"no {_HEADER} in {path}: not a saved index or half-written")
-        header = json.loads(header_path.read_text())
-        if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{header_path}: expected format {_FORMAT!r} version {_FORMAT_VERSION}, got"
-                f" {header.get('format')!r} version {header.get('version')!r}"
-            )
-        codes, ids = (_read_verified(path / name, header["sha256"][name]) for name in _ARRAYS)
-        index = cls(header["bits"], backend)
-        count = header["count"]
+    def load(
+        cls, path: str | Path, backend: str = "auto", strategy: str = "auto", verify: bool = True
+    ) -> HammingIndex:
+        """Read an index written by ``save`` (arrays memory-mapped); ``verify`` checks checksums."""
+        stored = index_store.load(path, verify=verify)
+        index = cls(stored.bits, backend, strategy, stored.model_version)
+        codes, ids, count = stored.arrays["codes"], stored.arrays["ids"], stored.count
         if codes.dtype != np.uint8 or codes.shape != (count, index._nbytes):
             raise ValueError(
                 f"{path}: codes are {codes.dtype} {codes.shape}, header says"
@@ -184,18 +247,49 @@ class HammingIndex:
             raise ValueError(f"{path}: ids are {ids.dtype} {ids.shape}, header says ({count},) str")
         if count > 1 and not np.all(ids[1:] > ids[:-1]):
             raise ValueError(f"{path}: stored ids are not sorted and unique")
-        index._commit(codes, ids, np.arange(count))
+        index._codes, index._ids = codes, ids
+        index._rank = np.arange(count)
+        index._alive = np.ones(count, dtype=bool)
+        if "members" in stored.arrays:
+            index._stored_groups = (stored.arrays["members"], stored.arrays["offsets"])
         return index
 
-    def _commit(self, codes: np.ndarray, ids: np.ndarray, id_order: np.ndarray) -> None:
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[id_order] = np.arange(len(ids))
-        self._codes, self._ids, self._rank, self._groups = codes, ids, rank, None
+    def _prepared(self) -> list[_Segment]:
+        dead = len(self._alive) - len(self)
+        if dead > _COMPACT_FRACTION * max(len(self._alive), 1):
+            self.compact()
+        if not self._segments:
+            self._built = len(self._codes)
+            self._segments = [self._segment(np.arange(self._built), self._stored_groups)]
+        if len(self._segments) == 1 and self._built < len(self._codes):
+            self._segments.append(self._segment(np.arange(self._built, len(self._codes))))
+        return self._segments
 
-    def _prepared(self) -> _Groups:
-        if self._groups is None:
-            self._groups = _Groups.build(self._codes, self._rank, self._bits, self._backend)
-        return self._groups
+    def _segment(
+        self, items: np.ndarray, stored: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> _Segment:
+        """A segment over items (indices into the arrays); ``stored`` groups come from ``load``."""
+        if self._strategy == "flat":
+            groups = _Groups.singletons(self._codes, items)
+        elif stored is not None:
+            groups = _Groups.from_stored(self._codes, *stored)
+        else:
+            groups = _Groups.distinct(self._codes, items, self._rank)
+            if self._strategy == "auto" and len(groups.codes) > _FLAT_RATIO * len(items):
+                groups = _Groups.singletons(self._codes, items)
+        groups = groups.without(self._alive)
+        return _Segment(groups, self._bits, self._backend, self._strategy)
+
+    def _merged_top_k(
+        self, per_segment: list[tuple[np.ndarray, np.ndarray]], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best k of each row of the segments' (items, distances) matrices, by (distance, rank)."""
+        if len(per_segment) == 1:
+            return per_segment[0]
+        items = np.concatenate([part[0] for part in per_segment], axis=1)
+        distances = np.concatenate([part[1] for part in per_segment], axis=1)
+        order = np.lexsort((self._rank[items], distances), axis=-1)[:, :k]
+        return np.take_along_axis(items, order, 1), np.take_along_axis(distances, order, 1)
 
     def _check_codes(self, packed: np.ndarray, name: str) -> np.ndarray:
         packed = np.asarray(packed)
@@ -211,120 +305,226 @@ class HammingIndex:
 
 @dataclass(frozen=True)
 class _Groups:
-    """Items grouped by distinct code; each group's items sorted by id rank; a scan of the codes."""
+    """Groups of items (one per distinct code, or one per item) with each group's code."""
 
-    members: np.ndarray  # (n,) item indices, group after group, by rank inside a group
+    codes: np.ndarray  # (m x bytes) the code of each group
+    members: np.ndarray  # live item indices, group after group, by rank inside a group
     offsets: np.ndarray  # (m + 1,) group g is members[offsets[g]:offsets[g + 1]]
-    counts: np.ndarray  # (m,) items per group
-    rank: np.ndarray  # (n,) id rank per item
-    scan: _FaissScan | _NumpyScan  # distances from queries to the m distinct codes
+    distinct: bool  # True: one group per distinct code; False: one group per item
+    counts: np.ndarray = field(init=False)  # (m,) live items per group
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", np.diff(self.offsets))
 
     @classmethod
-    def build(cls, codes: np.ndarray, rank: np.ndarray, bits: int, backend: str) -> _Groups:
-        """Group codes (n x bytes) by value, ordering items by rank inside a group."""
-        words = to_words(codes)
-        members = np.lexsort((rank, *words.T))  # by code, then by rank
-        sorted_words = words[members]
+    def distinct(cls, codes: np.ndarray, items: np.ndarray, rank: np.ndarray) -> _Groups:
+        """Items grouped by code value (codes: all items' codes), by rank inside a group."""
+        words = to_words(codes[items])
+        order = np.lexsort((rank[items], *words.T))  # by code, then by rank
+        sorted_words = words[order]
         starts = np.flatnonzero(
             np.concatenate([[True], (sorted_words[1:] != sorted_words[:-1]).any(axis=1)])
         )
-        offsets = np.append(starts, len(members))
-        scan = _SCANS[backend](codes[members[starts]], bits)
-        return cls(members, offsets, np.diff(offsets), rank, scan)
+        members = items[order]
+        return cls(codes[members[starts]], members, np.append(starts, len(members)), True)
+
+    @classmethod
+    def from_stored(cls, codes: np.ndarray, members: np.ndarray, offsets: np.ndarray) -> _Groups:
+        """Groups saved by ``HammingIndex.save`` (no sort needed)."""
+        return cls(np.ascontiguousarray(codes[members[offsets[:-1]]]), members, offsets, True)
+
+    @classmethod
+    def singletons(cls, codes: np.ndarray, items: np.ndarray) -> _Groups:
+        """One group per item, in item order."""
+        return cls(codes[items], items, np.arange(len(items) + 1), False)
+
+    def without(self, alive: np.ndarray) -> _Groups:
+        """The same groups (and group codes) with dead items dropped from the posting lists."""
+        live = alive[self.members]
+        if live.all():
+            return self
+        kept_before = np.concatenate([[0], np.cumsum(live)])
+        return replace(self, members=self.members[live], offsets=kept_before[self.offsets])
+
+    def top_k(self, found: Candidates, k: int, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best k items per query by (distance, rank) -> (items, distances), each (q x k).
+
+        ``found`` holds per query every group within the distance of its k-th item (and maybe
+        more), and those groups hold at least k items.
+        """
+        hits = _Hits.of(found).by_distance()
+        counts = self.counts[hits.items]
+        items_so_far = np.cumsum(counts)
+        bounds = hits.bounds()
+        items_so_far -= np.concatenate([[0], items_so_far])[bounds[:-1]][hits.query]
+        # within a query's block the count only grows: its first hit reaching k follows the others
+        short = np.bincount(hits.query[items_so_far < k], minlength=hits.queries)
+        first_reaching = bounds[:-1] + short
+        kept = hits.distances <= hits.distances[first_reaching][hits.query]
+        # no group gives more than k items, and its first k by rank are the only ones that can win
+        best = self.expand(hits.select(kept), rank, limit=k)
+        first_k = np.arange(len(best.items)) - best.bounds()[:-1][best.query] < k
+        return best.items[first_k].reshape(-1, k), best.distances[first_k].reshape(-1, k)
+
+    def expand(self, hits: _Hits, rank: np.ndarray, limit: int | None = None) -> _Hits:
+        """The items of groups hit by queries, up to ``limit`` per group, by (query, distance, rank)."""
+        counts = self.counts[hits.items]
+        take = counts if limit is None else np.minimum(counts, limit)
+        first = np.repeat(self.offsets[hits.items] - (np.cumsum(take) - take), take)
+        items = self.members[first + np.arange(take.sum())]
+        expanded = _Hits(
+            items, np.repeat(hits.distances, take), np.repeat(hits.query, take), hits.queries
+        )
+        return expanded.sorted(rank)
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """Hits of a batch of queries as flat arrays: ``items`` (groups or items) at ``distances``."""
+
+    items: np.ndarray  # (h,) int64 group or item indices
+    distances: np.ndarray  # (h,) int32
+    query: np.ndarray  # (h,) which query of the batch each hit belongs to
+    queries: int  # queries in the batch
+
+    @classmethod
+    def of(cls, found: Candidates) -> _Hits:
+        """Flatten per-query (indices, distances) pairs."""
+        lengths = [len(indices) for indices, _ in found]
+        return cls(
+            np.concatenate([indices for indices, _ in found]).astype(np.int64, copy=False),
+            np.concatenate([d for _, d in found]).astype(np.int32, copy=False),
+            np.repeat(np.arange(len(found)), lengths),
+            len(found),
+        )
+
+    @classmethod
+    def concatenate(cls, parts: list[_Hits]) -> _Hits:
+        """Hits of several segments for the same batch of queries."""
+        if len(parts) == 1:
+            return parts[0]
+        fields = ("items", "distances", "query")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), parts[0].queries)
+
+    def select(self, mask: np.ndarray) -> _Hits:
+        """The hits where ``mask`` is True, in the same order."""
+        return _Hits(self.items[mask], self.distances[mask], self.query[mask], self.queries)
+
+    def by_distance(self) -> _Hits:
+        """Ordered by (query, distance)."""
+        return self.select(np.argsort(self._query_distance(), kind="stable"))
+
+    def sorted(self, rank: np.ndarray) -> _Hits:
+        """Items ordered by (query, distance, rank)."""
+        # one int64 key sorts several times faster than a three-key lexsort
+        return self.select(np.argsort(self._query_distance() * len(rank) + rank[self.items]))
+
+    def _query_distance(self) -> np.ndarray:
+        """(query, distance) packed into one int64 that sorts the same way."""
+        span = int(self.distances.max()) + 1 if len(self.distances) else 1
+        return self.query * span + self.distances
+
+    def bounds(self) -> np.ndarray:
+        """(queries + 1,) query i's hits are [bounds[i], bounds[i + 1]) once ordered by query."""
+        return np.searchsorted(self.query, np.arange(self.queries + 1))
+
+
+class _Segment:
+    """Groups of a part of the index, a full scan of their codes and (lazily) MIH tables."""
+
+    def __init__(self, groups: _Groups, bits: int, backend: str, strategy: str) -> None:
+        self.groups = groups
+        self._bits, self._backend, self._strategy = bits, backend, strategy
+        self._scan = SCANS[backend](groups.codes, bits)
+        self._mih: MultiIndex | None = None
+        self._plans: dict[tuple[str, int], str] = {}
+
+    def without(self, alive: np.ndarray) -> _Segment:
+        """This segment with dead items dropped; scan and tables are shared, plans re-measured."""
+        segment = _Segment.__new__(_Segment)
+        segment.__dict__.update(self.__dict__, groups=self.groups.without(alive), _plans={})
+        return segment
+
+    def plan(self, kind: str, value: int) -> str:
+        """ "flat", "buckets" or "mih" for a ("top", k) or ("radius", r) query."""
+        scan = "buckets" if self.groups.distinct else "flat"
+        if self._strategy != "auto":
+            return self._strategy
+        if (kind, value) not in self._plans:
+            scan_cost = SCAN_COST * len(self.groups.codes)
+            self._plans[kind, value] = "mih" if self._mih_cost(kind, value) < scan_cost else scan
+        return self._plans[kind, value]
 
     def top_k(
-        self, groups: np.ndarray, distances: np.ndarray, k: int
+        self, queries: np.ndarray, k: int, rank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best k items by (distance, rank) from groups holding every group within the k-th distance."""
-        by_distance = np.argsort(distances, kind="stable")
-        groups, distances = groups[by_distance], distances[by_distance]
-        kept = distances <= _kth_distance(distances, self.counts[groups], k)
-        # no group gives more than k items, and its first k by rank are the only ones that can win
-        items, distances = self.expand(groups[kept], distances[kept], limit=k)
-        return items[:k], distances[:k]
+        """Per query its best k items of this segment (fewer if it holds fewer): 2 (q x k) arrays."""
+        counts = self.groups.counts
+        k = min(k, int(counts.sum()))
+        if k == 0:
+            return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.int32)
+        scan = partial(self._scan.nearest, counts=counts, k=k)
+        if self.plan("top", k) == "mih":
+            # a forced "mih" probes on however costly it gets: it is what the strategy measures
+            ceiling = np.inf if self._strategy == "mih" else None
+            found = self._multi_index().nearest(queries, counts, k, scan, ceiling)
+        else:
+            found = scan(queries)
+        return self.groups.top_k(found, k, rank)
 
-    def expand(
-        self, groups: np.ndarray, distances: np.ndarray, limit: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Items (and distances) of the given groups, up to ``limit`` per group, by (distance, rank)."""
-        take = self.counts[groups] if limit is None else np.minimum(self.counts[groups], limit)
-        first = np.repeat(self.offsets[groups] - (np.cumsum(take) - take), take)
-        items = self.members[first + np.arange(take.sum())]
-        item_distances = np.repeat(distances.astype(np.int32), take)
-        order = np.lexsort((self.rank[items], item_distances))
-        return items[order], item_distances[order]
+    def within(self, queries: np.ndarray, r: int, rank: np.ndarray) -> _Hits:
+        """The items of this segment within distance r of each query, by (query, distance, rank)."""
+        if self.plan("radius", r) == "mih":
+            found, _ = self._multi_index().within(queries, r)
+        else:
+            found = self._scan.within(queries, r)
+        return self.groups.expand(_Hits.of(found), rank)
 
+    def _multi_index(self) -> MultiIndex:
+        if self._mih is None:
+            self._mih = MultiIndex(self.groups.codes, self._bits)
+        return self._mih
 
-class _FaissScan:
-    """faiss IndexBinaryFlat over the distinct codes."""
-
-    def __init__(self, codes: np.ndarray, bits: int) -> None:
-        import faiss
-
-        self._index = faiss.IndexBinaryFlat(8 * code_bytes(bits))  # faiss counts whole bytes; padding is zero
-        self._index.add(codes)
-
-    def within(self, queries: np.ndarray, radius: int) -> Candidates:
-        """Per query: every code at distance <= radius."""
-        lims, distances, labels = self._index.range_search(queries, radius + 1)  # bound exclusive
-        distances = distances.astype(np.int32)  # faiss hands Hamming distances back as float32
-        return [(labels[a:b], distances[a:b]) for a, b in itertools.pairwise(lims)]
-
-    def nearest(self, queries: np.ndarray, counts: np.ndarray, k: int) -> Candidates:
-        """Per query: every code at distance <= that of the k-th item (plus maybe farther ones)."""
-        total = self._index.ntotal
-        fetch = min(total, 2 * k + 16)  # a margin so the tie group at the k-th distance mostly fits
-        distances, labels = self._index.search(queries, fetch)
-        found: Candidates = list(zip(labels, distances))
-        kth = np.array([_kth_distance(d, counts[g], k) for g, d in found])
-        # where the last fetched code sits at the k-th distance, faiss may have cut that tie group
-        cut = (distances[:, -1] == kth) & (fetch < total)
-        for radius in np.unique(kth[cut]):
-            rows = np.flatnonzero(cut & (kth == radius))
-            for row, refound in zip(rows, self.within(queries[rows], int(radius))):
-                found[row] = refound
-        return found
-
-
-class _NumpyScan:
-    """np.bitwise_count over uint64 words of the distinct codes, one query at a time."""
-
-    def __init__(self, codes: np.ndarray, bits: int) -> None:
-        self._words = to_words(codes)
-
-    def within(self, queries: np.ndarray, radius: int) -> Candidates:
-        """Per query: every code at distance <= radius."""
-        found = []
-        for distances in self._distances(queries):
-            groups = np.flatnonzero(distances <= radius)
-            found.append((groups, distances[groups]))
-        return found
-
-    def nearest(self, queries: np.ndarray, counts: np.ndarray, k: int) -> Candidates:
-        """Per query: every code at distance <= that of the k-th item."""
-        found = []
-        for distances in self._distances(queries):
-            items_within = np.cumsum(np.bincount(distances, weights=counts))
-            kth = np.searchsorted(items_within, k)  # first distance reaching k items
-            groups = np.flatnonzero(distances <= kth)
-            found.append((groups, distances[groups]))
-        return found
-
-    def _distances(self, queries: np.ndarray):
-        for query in to_words(queries):
-            yield np.bitwise_count(self._words ^ query).sum(axis=1, dtype=np.int32)
+    def _mih_cost(self, kind: str, value: int) -> float:
+        """Estimated cost (ns per query) of MIH, from probing with a sample of indexed codes."""
+        counts = self.groups.counts
+        if counts.sum() == 0:
+            return 0.0
+        mih = self._multi_index()
+        if kind == "radius" and PROBE_COST * mih.probes_per_query(value // mih.substrings) > (
+            SCAN_COST * len(counts)
+        ):
+            return np.inf  # the probes alone cost more than a scan
+        rng = np.random.default_rng(0)
+        # sample items, not codes: queries resemble the items, and popular codes hold many
+        sample = self.groups.codes[
+            np.searchsorted(np.cumsum(counts), rng.integers(0, counts.sum(), _PLAN_SAMPLE), "right")
+        ]
+        if kind == "radius":
+            level = value // mih.substrings
+            _, verified = mih.within(sample, value)
+            return PROBE_COST * mih.probes_per_query(level) + CANDIDATE_COST * verified / len(sample)
+        k = min(value, int(counts.sum()))
+        cost = 0.0
+        active = sample
+        for level in range(max(self._bits, 1)):
+            if not len(active) or PROBE_COST * mih.probes_per_query(level) > SCAN_COST * len(counts):
+                return cost / len(sample) + SCAN_COST * len(counts) * len(active) / len(sample)
+            found, verified = mih.within(active, mih.certified_radius(level))
+            cost += (PROBE_COST * mih.probes_per_query(level)) * len(active) + CANDIDATE_COST * verified
+            active = active[[counts[g].sum() < k for g, _ in found]]
+        return cost / len(sample)
 
 
-_SCANS = {"faiss": _FaissScan, "numpy": _NumpyScan}
-
-
-def _kth_distance(sorted_distances: np.ndarray, sorted_counts: np.ndarray, k: int) -> int:
-    """Distance of the k-th item, given groups by ascending distance and their item counts."""
-    return sorted_distances[np.searchsorted(np.cumsum(sorted_counts), k)]
+def _ranks(id_order: np.ndarray) -> np.ndarray:
+    """rank[i]: the position of item i in sorted id order, from that order."""
+    rank = np.empty(len(id_order), dtype=np.int64)
+    rank[id_order] = np.arange(len(id_order))
+    return rank
 
 
 def _resolve_backend(backend: str) -> str:
-    if backend not in ("auto", *_SCANS):
+    if backend not in ("auto", *SCANS):
         raise ValueError(f"backend must be one of 'auto', 'faiss', 'numpy'; got {backend!r}")
     if backend == "numpy":
         return backend
@@ -359,11 +559,3 @@ def _check_int(value: int, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def _read_verified(path: Path, sha256: str) -> np.ndarray:
-    """Load one .npy file (no pickle) after checking its sha256 against the header."""
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"checksum mismatch for {path}: the index is corrupt or was modified")
-    return np.load(io.BytesIO(data), allow_pickle=False)

@@ -62,7 +62,7 @@ def split_indices(
     for cls in np.unique(primary):
         rows = rng.permutation(np.flatnonzero(primary == cls))
         if proto.query_fraction is not None:
-            n_query = max(1, int(round(proto.query_fraction * len(rows))))
+            n_query = max(1, round(proto.query_fraction * len(rows)))
             n_query = min(n_query, len(rows) - 1) if len(rows) > 1 else 0
         else:
             n_query = proto.queries_per_class
@@ -88,7 +88,7 @@ def holdout(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndar
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
     perm = np.random.default_rng(seed).permutation(n)
-    n_out = int(round(fraction * n))
+    n_out = round(fraction * n)
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 

@@ -8,6 +8,7 @@ sqlite store unless ``MLFLOW_TRACKING_URI`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -94,7 +95,35 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     d.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     d.add_argument("--out", default="hashray-demo", help="output folder (default ./hashray-demo)")
+    _add_serve_commands(command)
     return parser
+
+
+def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    s = command("serve", "Serve exact Hamming search (and image encoding with --model) over HTTP until Ctrl-C.",
+                ["hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
+                 "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
+                 "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db --model models:/hashray-m/1"],
+                _serve)  # fmt: skip
+    s.add_argument("--codes", required=True, help="codes directory (local or s3://) to serve")
+    s.add_argument("--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only")
+    s.add_argument("--shards", type=int, default=1, help="index shards (default 1)")
+    s.add_argument("--replicas", type=int, default=1, help="replicas per shard and encoder (default 1)")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+
+    q = command("search", "Query a running search service by hex code, indexed id or image file.",
+                ["hashray search --code 3fa0c1d2 --k 10",
+                 "hashray search --image cat.png --radius 2",
+                 "hashray search --id digits/00042.png --url http://10.0.0.5:8000 --json"],
+                _search)  # fmt: skip
+    query = q.add_mutually_exclusive_group(required=True)
+    query.add_argument("--code", help="query code in hex")
+    query.add_argument("--id", help="query by the code of this indexed id")
+    query.add_argument("--image", help="query by this image file (the service needs --model)")
+    q.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    q.add_argument("--radius", type=int, help="only results within this Hamming distance")
+    q.add_argument("--url", help="service URL (default http://127.0.0.1:8000); token: $HASHRAY_API_TOKEN")
 
 
 def _add_train_options(t: argparse.ArgumentParser) -> None:
@@ -178,6 +207,29 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
                     workers=args.workers, quiet=args.json)  # fmt: skip
 
 
+def _serve(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.serve import ServeArgs, run_service
+
+    config = ServeArgs(codes=args.codes, model=args.model, shards=args.shards, replicas=args.replicas)
+
+    def ready(url: str, info: dict[str, Any]) -> None:
+        _say(args, f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "
+                   f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops")  # fmt: skip
+
+    return run_service(config, host=args.host, port=args.port, on_ready=ready)
+
+
+def _search(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.search_client import DEFAULT_URL, search
+
+    answer = search(args.url or DEFAULT_URL, code=args.code, item_id=args.id, image=args.image,
+                    k=args.k, radius=args.radius)  # fmt: skip
+    rows = "".join(f"\n  {hit['distance']:>8}  {hit['id']}" for hit in answer["results"])
+    _say(args, f"{len(answer['results'])} results (index {answer['index_version']}, model "
+               f"{answer['model_version']})\n  distance  id{rows}")  # fmt: skip
+    return answer
+
+
 def _report_table(report: dict[str, Any]) -> str:
     rows = [
         ("method / bits", f"{report.get('method')} / {report.get('bits')}"),
@@ -205,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        result = args.run(args)
+        # With --json stdout carries the result alone. Ray prints cluster events on the driver's
+        # stdout ("(raylet) A worker died ..."), so while the command runs stdout goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            result = args.run(args)
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"hashray {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -79,8 +79,10 @@ def _example_query(codes_dir: str, k: int = 5) -> dict[str, Any]:
     return {
         "query_id": str(queries.ids[0]),
         "query_labels": list(map(int, queries.labels[0])),
-        "results": [{"id": str(i), "distance": int(d), "labels": list(map(int, label_of[i]))}
-                    for d, i in zip(distances[0], ids[0])],  # fmt: skip
+        "results": [
+            {"id": str(i), "distance": int(d), "labels": list(map(int, label_of[i]))}
+            for d, i in zip(distances[0], ids[0], strict=True)
+        ],
     }
 
 
@@ -89,8 +91,10 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
     hits = ", ".join(f"{r['id']} (d={r['distance']}, label {r['labels']})" for r in example["results"])
     return "\n".join([
         "",
-        f"hashray demo: {report['method']} {report['bits']} bits on mnist5k "
-        f"({report['n_queries']} queries x {report['n_database']} database codes)",
+        (
+            f"hashray demo: {report['method']} {report['bits']} bits on mnist5k "
+            f"({report['n_queries']} queries x {report['n_database']} database codes)"
+        ),
         f"  mAP@all tie-aware   {report['map_tie_aware']:.4f}",
         f"  mAP@all id order    {report['map_id_order']:.4f}",
         f"  precision @ r<=2    {report['precision_radius_2']:.4f}",

@@ -2,17 +2,23 @@
 
 Steps: read the source (pipelines.sources); validate and normalise every image in Ray Data tasks
 (bad ones become skipped rows with a reason, never an exception); stream the results once to the
-driver, which spools the good rows to a local Arrow file and keeps only (id, labels) in memory;
+driver, which spools the good rows to local Arrow files and keeps only ids, labels and reasons;
 draw the protocol's split over the good rows sorted by id, so the split never depends on Ray's
 row order; write each split's rows sorted by id into ``{split}/part-NNNNN.parquet``, taken from the
-memory-mapped spool; write ``dataset.json`` last, so a directory without it is a half-written one.
+spool; write ``dataset.json`` last, so a directory without it is a half-written one.
 The ids in the Parquet files are the written-down split.
 
 Why a spool instead of ``Dataset.sort``: a Ray sort shuffle cost 8-16 s per split even for 5,000
 rows here, while the spool needs one Ray pass and local disk the size of the prepared images.
 
-Defaults: MNIST sources keep their native 28 x 28 greyscale ("L"); folder and manifest corpora
-become 64 x 64 "RGB" unless ``image_size`` / ``mode`` say otherwise (hashing needs one image size).
+Defaults: MNIST sources keep their native 28 x 28 greyscale ("L") and CIFAR-10 its 32 x 32 "RGB";
+folder, manifest, nuswide and parquet corpora become 64 x 64 "RGB" unless ``image_size`` / ``mode``
+say otherwise (hashing needs one image size).
+
+Memory: rows stream through Ray Data in blocks; the driver holds a block at a time, a summary row
+(id, labels, reason: some 50 bytes) per image and one output part; the images themselves are only in
+the on-disk spool. Listing a file corpus costs the driver about 0.5 KB per file while it lasts.
+benchmarks/prepare_throughput.py measures peak memory at 10k and 100k images.
 """
 
 from __future__ import annotations
@@ -51,7 +57,11 @@ IMAGE_SCHEMA = pa.schema(
     ]
 )
 # Protocols whose split is the one the corpus publishes: split name -> rows' ``official_split``.
-OFFICIAL_SPLITS = {"mnist-full": {"train": "train", "query": "test"}}
+# A protocol also in hashing.splits.PROTOCOLS is drawn from there for a source without one.
+OFFICIAL_SPLITS = {
+    "mnist-full": {"train": "train", "query": "test"},
+    "cifar10-full": {"train": "train", "query": "test"},
+}
 MAX_ROWS_PER_PART = 8192
 TARGET_PART_BYTES = 64 * 1024**2
 MAX_LISTED_SKIPPED = 10_000
@@ -67,10 +77,15 @@ def prepare(
     image_size: int | None = None,
     mode: str | None = None,
     classes: list[str] | None = None,
+    source_options: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Prepare corpus ``source`` (at ``path``) into ``out`` (local or s3://); returns dataset.json."""
-    corpus = read_source(source, path, classes=classes)
+    """Prepare corpus ``source`` (at ``path``) into ``out`` (local or s3://); returns dataset.json.
+
+    ``source_options`` are the source's own settings (parquet: image_column, labels_column,
+    id_column); they are recorded in dataset.json.
+    """
+    corpus = read_source(source, path, classes=classes, options=source_options)
     protocol = protocol or corpus.default_protocol
     if protocol not in PROTOCOLS and protocol not in OFFICIAL_SPLITS:
         raise ValueError(
@@ -82,11 +97,11 @@ def prepare(
         tempfile.TemporaryDirectory(prefix="hashray-prepare-") as spool_dir,
         _ray_progress_bars(progress),
     ):
-        spool_path = os.path.join(spool_dir, "rows.arrow")
+        spool = _Spool(spool_dir)
         checked = corpus.rows.map_batches(
             _normalize_rows, batch_format="pyarrow", fn_kwargs={"size": (side, side), "mode": mode}
         )
-        summary = _spool_good_rows(checked, spool_path, progress)
+        summary = _spool_good_rows(checked, spool, progress)
         good = summary.filter(pc.greater_equal(summary.column("position"), 0)).sort_by("id")
         if good.num_rows == 0:
             raise ValueError(f"{source} at {path}: no usable images")
@@ -96,16 +111,15 @@ def prepare(
         rows_per_part = _rows_per_part(good)
         positions = good.column("position").to_numpy()
         _remove_previous(out)
-        with pa.memory_map(spool_path) as mapped:
-            spool = pa.ipc.open_file(mapped)
-            splits = {
-                name: {"same_as": "train"}
-                if rows is None
-                else _write_split(spool, positions[rows], out, name, rows_per_part, progress)
-                for name, rows in split_rows.items()
-            }
+        splits = {
+            name: {"same_as": "train"}
+            if rows is None
+            else _write_split(spool, positions[rows], out, name, rows_per_part, progress)
+            for name, rows in split_rows.items()
+        }
     image = {"height": side, "width": side, "channels": 1 if mode == "L" else 3, "mode": mode}
     meta = _dataset_json(corpus, out, path, protocol, seed, image, summary, good, splits)
+    meta["source_options"] = dict(source_options or {})
     storage.write_json(storage.join(out, "dataset.json"), meta)
     return meta
 
@@ -172,55 +186,68 @@ def _normalize_rows(batch: pa.Table, size: tuple[int, int], mode: str) -> pa.Tab
     )
 
 
-def _spool_good_rows(checked: ray.data.Dataset, spool_path: str, progress: bool) -> pa.Table:
-    """Run the validation pass; good rows go to an Arrow file, the rest of every row comes back.
+def _spool_good_rows(checked: ray.data.Dataset, spool: _Spool, progress: bool) -> pa.Table:
+    """Run the validation pass; good rows go to the spool, the rest of every row comes back.
 
-    Returns (id, labels, source, reason, official_split, nbytes, position): ``position`` is the
-    row's place in the spool file, -1 for a skipped row.
+    Returns (id, labels, reason, official_split, source, nbytes, position): ``position`` is the
+    row's place in the spool, -1 for a skipped row; ``source`` is kept for skipped rows.
     """
-    summaries, spooled = [], 0
-    with pa.OSFile(spool_path, "wb") as sink, pa.ipc.new_file(sink, IMAGE_SCHEMA) as writer:
-        batches = checked.iter_batches(batch_size=None, batch_format="pyarrow")
-        with tqdm(desc="validating", unit="img", disable=not progress) as bar:
-            for batch in batches:
-                ok = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
-                writer.write_table(batch.filter(ok).select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA))
-                position = np.full(batch.num_rows, -1, dtype=np.int64)
-                position[ok] = np.arange(spooled, spooled + int(ok.sum()))
-                spooled += int(ok.sum())
-                summaries.append(
-                    batch.drop_columns(["image"]).append_column("position", pa.array(position))
-                )
-                bar.update(batch.num_rows)
+    summaries = []
+    batches = checked.iter_batches(batch_size=None, batch_format="pyarrow")
+    with tqdm(desc="validating", unit="img", disable=not progress) as bar:
+        for batch in batches:
+            ok = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
+            position = np.full(batch.num_rows, -1, dtype=np.int64)
+            position[ok] = spool.append(batch.filter(ok).select(IMAGE_SCHEMA.names))
+            summaries.append(_summary(batch, ok, position))
+            bar.update(batch.num_rows)
     if not summaries:
         raise ValueError("the corpus has no rows")
     return pa.concat_tables(summaries)
+
+
+def _summary(batch: pa.Table, ok: np.ndarray, position: np.ndarray) -> pa.Table:
+    """What the split and dataset.json need of a validated block, copied out of it.
+
+    A copy because zero-copy columns would keep the whole block, images included, alive in Ray's
+    object store (and mapped into this process) until prepare ends: memory growing with the
+    corpus. Good rows' sources are in the spool; the summary keeps the skipped rows' only.
+    """
+    columns = {name: batch.column(name) for name in ("id", "labels", "reason", "official_split")}
+    columns["source"] = pc.if_else(pa.array(ok), "", batch.column("source"))
+    columns["nbytes"] = batch.column("nbytes")
+    copied = pa.table(columns).take(pa.array(np.arange(batch.num_rows)))
+    return copied.append_column("position", pa.array(position))
 
 
 def _draw_split(
     good: pa.Table, protocol: str, seed: int, num_classes: int
 ) -> dict[str, np.ndarray | None]:
     """Row numbers of ``good`` (sorted by id) per split; ``database`` None when it is the train split."""
-    if protocol in OFFICIAL_SPLITS:
-        official = np.asarray(good.column("official_split").to_pylist(), dtype=object)
-        if not all(official):
-            raise ValueError(f"protocol {protocol!r} needs a source with an official split (mnist)")
+    official = good.column("official_split").to_numpy(zero_copy_only=False)
+    has_official = bool((official != "").all())
+    if protocol in OFFICIAL_SPLITS and (has_official or protocol not in PROTOCOLS):
+        if not has_official:
+            raise ValueError(
+                f"protocol {protocol!r} needs a source with an official split (mnist, cifar10)"
+            )
         rows = {
             split: np.flatnonzero(official == name)
             for split, name in OFFICIAL_SPLITS[protocol].items()
         }
         return {"train": rows["train"], "query": rows["query"], "database": None}
-    labels = _label_array(good.column("labels").to_pylist(), num_classes)
-    return split_indices(labels, protocol, seed)
+    return split_indices(_label_array(good.column("labels"), num_classes), protocol, seed)
 
 
-def _label_array(labels: list[list[int]], num_classes: int) -> np.ndarray:
+def _label_array(labels: pa.ChunkedArray, num_classes: int) -> np.ndarray:
     """Class ids (n,) when every row has one label, else multi-hot (n, num_classes)."""
-    if all(len(row) == 1 for row in labels):
-        return np.asarray([row[0] for row in labels], dtype=np.int64)
-    multi_hot = np.zeros((len(labels), num_classes), dtype=np.uint8)
-    for i, row in enumerate(labels):
-        multi_hot[i, row] = 1
+    lists = labels.combine_chunks()
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    values = lists.flatten().to_numpy().astype(np.int64)
+    if (lengths == 1).all():
+        return values
+    multi_hot = np.zeros((len(lengths), num_classes), dtype=np.uint8)
+    multi_hot[np.repeat(np.arange(len(lengths)), lengths), values] = 1
     return multi_hot
 
 
@@ -242,8 +269,52 @@ def _remove_previous(out: str) -> None:
             fs.delete_dir(folder)
 
 
+class _Spool:
+    """Good rows on local disk, one Arrow file per validated block, taken back by position.
+
+    One file per block, memory-mapped only while rows are taken from it: the pages the kernel maps
+    in around each row read stay within one block, so peak memory does not grow with the corpus
+    (one big mapped file ends up wholly resident, as rows of a part lie all over it).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.files: list[str] = []
+        self.starts = [0]  # position of the first row of each file, then the total
+
+    def append(self, rows: pa.Table) -> np.ndarray:
+        """Store ``rows`` (IMAGE_SCHEMA columns); their positions."""
+        first = self.starts[-1]
+        if rows.num_rows:
+            path = os.path.join(self.folder, f"block-{len(self.files):06d}.arrow")
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, IMAGE_SCHEMA) as writer:
+                writer.write_table(rows.cast(IMAGE_SCHEMA))
+            self.files.append(path)
+            self.starts.append(first + rows.num_rows)
+        return np.arange(first, first + rows.num_rows)
+
+    def take(self, positions: np.ndarray) -> pa.Table:
+        """Rows at ``positions``, in that order, copied out; each file is mapped once."""
+        order = np.argsort(positions, kind="stable")
+        ascending = positions[order]
+        starts = np.asarray(self.starts)
+        file_of = np.searchsorted(starts, ascending, side="right") - 1
+        pieces = [
+            _take_rows(self.files[f], ascending[file_of == f] - starts[f])
+            for f in np.unique(file_of)
+        ]
+        gathered = pa.concat_tables(pieces)
+        return gathered.take(pa.array(np.argsort(order)))  # position order -> id order
+
+
+def _take_rows(path: str, rows: np.ndarray) -> pa.Table:
+    """Copies of ``rows`` of one spool file; the mapping is gone when this returns."""
+    with pa.memory_map(path) as mapped:
+        return pa.ipc.open_file(mapped).read_all().take(pa.array(rows))
+
+
 def _write_split(
-    spool: pa.ipc.RecordBatchFileReader,
+    spool: _Spool,
     positions: np.ndarray,
     out: str,
     split: str,
@@ -253,33 +324,20 @@ def _write_split(
     """Write the spooled rows at ``positions`` (in id order) as ``{split}/part-NNNNN.parquet``."""
     fs, folder = storage.filesystem(storage.join(out, split))
     fs.create_dir(folder, recursive=True)
-    starts = np.cumsum([0] + [spool.get_batch(i).num_rows for i in range(spool.num_record_batches)])
     files = []
     with tqdm(
         total=len(positions), desc=f"writing {split}", unit="img", disable=not progress
     ) as bar:
         for number, first in enumerate(range(0, len(positions), rows_per_part)):
-            part = _take_spooled(spool, starts, positions[first : first + rows_per_part])
+            part = spool.take(positions[first : first + rows_per_part])
             name = f"part-{number:05d}.parquet"
             pq.write_table(part, posixpath.join(folder, name), filesystem=fs)
             files.append(f"{split}/{name}")
             bar.update(part.num_rows)
+            del part
+            # Give the part's memory back: the allocator's cache otherwise grows part by part.
+            pa.default_memory_pool().release_unused()
     return {"rows": len(positions), "files": files}
-
-
-def _take_spooled(
-    spool: pa.ipc.RecordBatchFileReader, starts: np.ndarray, positions: np.ndarray
-) -> pa.Table:
-    """Rows at ``positions`` of the spool, in that order; each record batch is read only once."""
-    order = np.argsort(positions, kind="stable")
-    ascending = positions[order]
-    batch_of = np.searchsorted(starts, ascending, side="right") - 1
-    pieces = [
-        spool.get_batch(int(b)).take(pa.array(ascending[batch_of == b] - starts[b]))
-        for b in np.unique(batch_of)
-    ]
-    gathered = pa.Table.from_batches(pieces, schema=IMAGE_SCHEMA)
-    return gathered.take(pa.array(np.argsort(order)))  # back from position order to id order
 
 
 def _skipped_rows(listing_skipped: list[dict[str, str]], summary: pa.Table) -> list[dict[str, str]]:

@@ -1,22 +1,16 @@
 """Corpus readers: each turns a corpus into a ``ray.data.Dataset`` of raw rows plus its class names.
 
-Every source yields rows with the same columns, so ``prepare`` treats them alike:
-
-- ``id`` (str): unique and stable across runs; for files, the path relative to the corpus root
-- ``data`` (bytes): the encoded image file as found (validated later, in ``prepare``)
-- ``labels`` (list[int]): class ids into ``Source.classes``
-- ``source`` (str): where the row came from (a path, URI or ``file#index``)
-- ``error`` (str): why the bytes could not be read (e.g. "missing file"); "" when they were
-- ``official_split`` (str): "train" / "test" as the corpus publishes it; "" when it has none
-
-Rows refused while reading a listing (a manifest row with an unknown label) never become rows;
-they are returned in ``Source.skipped``.
+The row contract (ROW_SCHEMA) and the ``Source`` they return live in ``pipelines.source_rows``.
+Sources here: in-memory digits (``mnist5k``, ``mnist`` idx files) and corpora of image files
+(``folder``, ``manifest``, ``nuswide``); corpora packed into container files (``cifar10``,
+``parquet``) are in ``pipelines.sources_packed``. Every path may be local or ``s3://``.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import inspect
 import io
 import json
 import os
@@ -24,7 +18,6 @@ import posixpath
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -34,43 +27,43 @@ import ray.data
 from hashing.datasets import MNIST5K_CLASSES, load_mnist5k
 from pipelines import storage
 from pipelines.images import encode_png
+from pipelines.source_rows import ROW_SCHEMA, ROWS_PER_BLOCK, Source, file_rows, row_table
+from pipelines.sources_packed import cifar10_source, parquet_source
 
-__all__ = ["ROW_SCHEMA", "SOURCES", "Source", "read_source"]
+__all__ = ["NUSWIDE_CONCEPTS", "ROW_SCHEMA", "SOURCES", "Source", "read_source"]
 
-ROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("data", pa.binary()),
-        ("labels", pa.list_(pa.int32())),
-        ("source", pa.string()),
-        ("error", pa.string()),
-        ("official_split", pa.string()),
-    ]
-)
-# Rows per block for sources built on the driver, so decoding spreads over several tasks.
-_ROWS_PER_BLOCK = 2000
+# nuswide21: the 21 most frequent of NUS-WIDE's 81 concepts (EVALUATION.md).
+NUSWIDE_CONCEPTS = 21
 
 
-@dataclass(frozen=True)
-class Source:
-    """A corpus read lazily: ``rows`` (ROW_SCHEMA) plus what ``prepare`` defaults to for it."""
+def read_source(
+    name: str,
+    path: str | None = None,
+    *,
+    classes: list[str] | None = None,
+    options: dict[str, str] | None = None,
+) -> Source:
+    """The corpus ``name`` (one of SOURCES) at ``path`` (local or s3://; unused by mnist5k).
 
-    name: str
-    rows: ray.data.Dataset
-    classes: list[str]
-    default_protocol: str
-    default_mode: str
-    default_size: int
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-def read_source(name: str, path: str | None = None, *, classes: list[str] | None = None) -> Source:
-    """The corpus ``name`` (one of SOURCES) at ``path`` (local or s3://; unused by mnist5k)."""
+    ``options`` are the source's own keyword settings (parquet: ``image_column``,
+    ``labels_column``, ``id_column``); an option the source does not take is an error.
+    """
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
     if name != "mnist5k" and not path:
         raise ValueError(f"source {name!r} needs a path")
-    return SOURCES[name](path, classes)
+    factory, options = SOURCES[name], dict(options or {})
+    accepted = [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"source {name!r} has no option {unknown[0]!r}; its options: {accepted or 'none'}"
+        )
+    return factory(path, classes, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +142,7 @@ def _pixel_rows(
             "official_split": pa.array(official, pa.string()),
         }
     )
-    blocks = [table.slice(i, _ROWS_PER_BLOCK) for i in range(0, n, _ROWS_PER_BLOCK)]
+    blocks = [table.slice(i, ROWS_PER_BLOCK) for i in range(0, n, ROWS_PER_BLOCK)]
     return ray.data.from_arrow(blocks).map_batches(
         _encode_pixels, batch_format="pyarrow", fn_kwargs={"shape": (height, width)}
     )
@@ -161,98 +154,67 @@ def _encode_pixels(batch: pa.Table, shape: tuple[int, int]) -> pa.Table:
         encode_png(np.frombuffer(pixels, dtype=np.uint8).reshape(shape))
         for pixels in batch.column("pixels").to_pylist()
     ]
-    return _row_table(batch, data=pngs, error=[""] * batch.num_rows)
+    return row_table(batch, data=pngs, error=[""] * batch.num_rows)
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: one folder per class, or a manifest listing files and their labels
+# Files: one folder per class, a manifest listing files and labels, or NUS-WIDE's lists
 
 
 def _folder(path: str | None, classes: list[str] | None) -> Source:
     fs, root = storage.filesystem(path)
-    found = sorted(
-        info.base_name
-        for info in fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")
-    )
-    if not found:
-        raise ValueError(f"{path}: no class sub-folders (expected one folder per class)")
-    names = list(classes) if classes else found
-    rows = ray.data.read_binary_files(root, include_paths=True, filesystem=fs).map_batches(
-        _folder_rows,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "root": root,
-            "classes": names,
-            "scheme": "s3://" if storage.is_s3(path) else "",
-        },
-    )
-    return Source("folder", rows, names, "random", "RGB", 64)
-
-
-def _folder_rows(batch: pa.Table, root: str, classes: list[str], scheme: str) -> pa.Table:
-    """read_binary_files rows (bytes, path) -> ROW_SCHEMA rows; the class is the first folder."""
-    index = {name: i for i, name in enumerate(classes)}
-    ids, data, labels, sources, errors = [], [], [], [], []
-    for raw, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
-        relative = posixpath.relpath(path.replace("\\", "/"), root.replace("\\", "/"))
+    scheme = "s3://" if storage.is_s3(path) else ""
+    prefix = root.replace("\\", "/").rstrip("/") + "/"
+    # Listed here, read in tasks: a file that vanishes or cannot be read costs one row, not the job.
+    # Kept as plain columns (folder names shared): a 100k-file corpus lists in a few dozen MB.
+    ids, uris, folders, found = [], [], [], {}
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        relative = info.path.replace("\\", "/").removeprefix(prefix)  # listed paths start with it
         parts = relative.split("/")
         if any(part.startswith(".") for part in parts):
             continue  # .DS_Store, .git and friends are not part of the corpus
-        folder = parts[0] if len(parts) > 1 else None
-        ids.append(relative)
-        data.append(raw)
-        labels.append([index[folder]] if folder in index else [])
-        sources.append(scheme + path)
-        if folder is None:
-            errors.append("not in a class folder")
-        else:
-            errors.append("" if folder in index else "unknown class")
-    return _row_table(
-        None,
-        id=ids,
-        data=data,
-        labels=labels,
-        source=sources,
-        error=errors,
-        official_split=[""] * len(ids),
+        if info.type == pafs.FileType.Directory and len(parts) == 1:
+            found.setdefault(relative, relative)
+        elif info.type == pafs.FileType.File:
+            ids.append(relative)
+            uris.append(scheme + info.path)
+            folders.append(found.setdefault(parts[0], parts[0]) if len(parts) > 1 else None)
+    if not found:
+        raise ValueError(f"{path}: no class sub-folders (expected one folder per class)")
+    names = list(classes) if classes else sorted(found)
+    index = {name: i for i, name in enumerate(names)}
+    usable = [i for i, folder in enumerate(folders) if folder in index]
+    skipped = [
+        {"id": ids[i], "source": uris[i],
+         "reason": "not in a class folder" if folder is None else "unknown class"}
+        for i, folder in enumerate(folders) if folder not in index
+    ]  # fmt: skip
+    if not usable:
+        raise ValueError(f"{path}: no image files in the class folders {names}")
+    rows = file_rows(
+        [ids[i] for i in usable], [uris[i] for i in usable], [[index[folders[i]]] for i in usable]
     )
+    return Source("folder", rows, names, "random", "RGB", 64, skipped)
 
 
 def _manifest(path: str | None, classes: list[str] | None) -> Source:
     entries, skipped = _read_manifest(path)
     names = list(classes) if classes else sorted({label for e in entries for label in e["labels"]})
     index = {name: i for i, name in enumerate(names)}
-    items = []
+    usable = []
     for entry in entries:
         unknown = [label for label in entry["labels"] if label not in index]
         if unknown:
-            skipped.append(
-                {
-                    "id": entry["id"],
-                    "source": entry["uri"],
-                    "reason": f"unknown label {unknown[0]!r}",
-                }
-            )
-            continue
-        items.append(
-            {"id": entry["id"], "uri": entry["uri"], "labels": [index[x] for x in entry["labels"]]}
-        )
-    if not items:
+            reason = f"unknown label {unknown[0]!r}"
+            skipped.append({"id": entry["id"], "source": entry["uri"], "reason": reason})
+        else:
+            usable.append(entry)
+    if not usable:
         raise ValueError(f"{path}: no usable rows in the manifest")
-    listing = pa.Table.from_pylist(
-        items,
-        schema=pa.schema(
-            [("id", pa.string()), ("uri", pa.string()), ("labels", pa.list_(pa.int32()))]
-        ),
-    )
-    blocks = [listing.slice(i, _ROWS_PER_BLOCK) for i in range(0, len(items), _ROWS_PER_BLOCK)]
-    # Filesystems are built here, not in the tasks: workers may lack the driver's S3 environment.
-    filesystems = {False: pafs.LocalFileSystem()}
-    if any(storage.is_s3(item["uri"]) for item in items):
-        filesystems[True] = storage.filesystem("s3://bucket")[0]
-    rows = ray.data.from_arrow(blocks).map_batches(
-        _read_listed_files, batch_format="pyarrow", fn_kwargs={"filesystems": filesystems}
+    rows = file_rows(
+        [e["id"] for e in usable],
+        [e["uri"] for e in usable],
+        [[index[label] for label in e["labels"]] for e in usable],
     )
     return Source("manifest", rows, names, "random", "RGB", 64, skipped)
 
@@ -298,50 +260,73 @@ def _resolve(written: str, manifest: str, s3_base: str | None) -> tuple[str, str
     return os.path.join(os.path.dirname(os.path.abspath(manifest)), relative), relative
 
 
-def _read_listed_files(batch: pa.Table, filesystems: dict[bool, pafs.FileSystem]) -> pa.Table:
-    """(id, uri, labels) rows -> ROW_SCHEMA rows; a missing or unreadable file becomes an error.
+def _nuswide(path: str | None, classes: list[str] | None) -> Source:
+    """NUS-WIDE as published: ``ImageList/Imagelist.txt`` names one image per line (Windows paths
+    such as ``C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg``); ``Groundtruth/AllLabels/
+    Labels_<concept>.txt`` holds one 0/1 per line, in the list's order; the images lie under
+    ``Flickr/<folder>/<file>``, found by the last two parts of each listed path (also the row id).
 
-    ``filesystems`` maps "is an s3:// URI" to the filesystem that reads it.
+    Classes: the NUSWIDE_CONCEPTS most frequent concepts (ties by name), in alphabetical order, or
+    the concepts named by ``classes``. An image with none of them is skipped with a reason.
     """
-    data, errors = [], []
-    for uri in batch.column("uri").to_pylist():
-        fs = filesystems[storage.is_s3(uri)]
-        try:
-            with fs.open_input_stream(storage.inner_path(uri)) as stream:
-                data.append(stream.read())
-            errors.append("")
-        except FileNotFoundError:
-            data.append(b"")
-            errors.append("missing file")
-        except OSError as err:
-            data.append(b"")
-            errors.append("missing file" if "not found" in str(err).lower() else "unreadable")
-    return _row_table(
-        batch,
-        data=data,
-        error=errors,
-        source=batch.column("uri"),
-        official_split=[""] * batch.num_rows,
-    )
+    listed = storage.read_bytes(storage.join(path, "ImageList", "Imagelist.txt"))
+    images = [line.strip() for line in listed.decode("utf-8-sig").splitlines() if line.strip()]
+    concepts, matrix = _nuswide_labels(path, len(images))
+    if classes:
+        missing = [name for name in classes if name not in concepts]
+        if missing:
+            raise ValueError(f"{path}: no concept {missing[0]!r} in Groundtruth/AllLabels")
+        names = list(classes)
+    else:
+        counts = matrix.sum(axis=0)
+        ranked = sorted(range(len(concepts)), key=lambda j: (-int(counts[j]), concepts[j]))
+        names = sorted(concepts[j] for j in ranked[:NUSWIDE_CONCEPTS])
+    chosen = matrix[:, [concepts.index(name) for name in names]]
+    ids, uris, labels, skipped = [], [], [], []
+    for written, row in zip(images, chosen):
+        relative = "/".join(written.replace("\\", "/").split("/")[-2:])
+        uri = storage.join(path, "Flickr", *relative.split("/"))
+        if row.any():
+            ids.append(relative)
+            uris.append(uri)
+            labels.append(np.flatnonzero(row).tolist())
+        else:
+            skipped.append({"id": relative, "source": uri, "reason": "none of the classes"})
+    if not ids:
+        raise ValueError(f"{path}: no image carries any of the concepts {names}")
+    return Source("nuswide", file_rows(ids, uris, labels), names, "nuswide21", "RGB", 64, skipped)
 
 
-def _row_table(batch: pa.Table | None, **columns) -> pa.Table:
-    """A ROW_SCHEMA table: ``columns`` first, the rest taken from ``batch``."""
-    values = {
-        name: columns[name] if name in columns else batch.column(name) for name in ROW_SCHEMA.names
-    }
-    return pa.table(
-        {
-            name: pa.array(value, ROW_SCHEMA.field(name).type) if isinstance(value, list) else value
-            for name, value in values.items()
-        },
-        schema=ROW_SCHEMA,
-    )
+def _nuswide_labels(path: str, n: int) -> tuple[list[str], np.ndarray]:
+    """Concept names (sorted) and the 0/1 matrix (n, concepts) from Groundtruth/AllLabels."""
+    fs, folder = storage.filesystem(storage.join(path, "Groundtruth", "AllLabels"))
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        match = re.fullmatch(r"Labels_(.+)\.txt", info.base_name)
+        if match and info.type == pafs.FileType.File:
+            found[match.group(1)] = info.path
+    if not found:
+        raise FileNotFoundError(f"{path}: no Groundtruth/AllLabels/Labels_<concept>.txt files")
+    concepts = sorted(found)
+    columns = []
+    for concept in concepts:
+        with fs.open_input_stream(found[concept]) as stream:
+            text = np.frombuffer(stream.read(), dtype=np.uint8)
+        if not np.isin(text, np.frombuffer(b"01 \t\r\n", dtype=np.uint8)).all():
+            raise ValueError(f"{found[concept]}: expected one 0 or 1 per line")
+        digits = text[(text == ord("0")) | (text == ord("1"))] - ord("0")
+        if len(digits) != n:
+            raise ValueError(f"{found[concept]}: {len(digits)} labels for {n} listed images")
+        columns.append(digits)
+    return concepts, np.stack(columns, axis=1)
 
 
-SOURCES: dict[str, Callable[[str | None, list[str] | None], Source]] = {
+SOURCES: dict[str, Callable[..., Source]] = {
     "mnist5k": _mnist5k,
     "mnist": _mnist,
     "folder": _folder,
     "manifest": _manifest,
+    "nuswide": _nuswide,
+    "cifar10": cifar10_source,
+    "parquet": parquet_source,
 }

@@ -1,8 +1,9 @@
 """Paths that may be local or ``s3://``: one place that turns them into pyarrow filesystems.
 
 Credentials come from the standard AWS chain (environment, config files, instance roles). A custom
-endpoint (moto, MinIO, Ceph) comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; pyarrow
-does not read those itself, so every S3 filesystem in hashray is built here.
+endpoint (moto, MinIO, Ceph) comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (or
+``use_s3_endpoint``, behind ``--s3-endpoint``); pyarrow does not read those itself, so every S3
+filesystem in hashray is built here, while boto3 (MLflow's S3 artifacts) reads the variable itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "read_bytes",
     "read_json",
     "s3_endpoint",
+    "use_s3_endpoint",
     "write_bytes",
     "write_json",
 ]
@@ -36,6 +38,18 @@ def is_s3(path: str) -> bool:
 def s3_endpoint() -> str | None:
     """The custom S3 endpoint from the environment, if any."""
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def use_s3_endpoint(url: str) -> None:
+    """Send every S3 request of this process to ``url`` (e.g. ``http://127.0.0.1:9000``).
+
+    Sets ``AWS_ENDPOINT_URL_S3``, which boto3 honours as well; call it before starting a local Ray
+    cluster so its workers inherit it (filesystems built here carry the endpoint anyway).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"S3 endpoint must look like http(s)://host[:port], got {url!r}")
+    os.environ["AWS_ENDPOINT_URL_S3"] = url
 
 
 def inner_path(path: str) -> str:

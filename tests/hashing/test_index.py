@@ -179,13 +179,16 @@ def test_save_load_round_trip_gives_identical_results(tmp_path, backend):
     assert len(loaded) == 201
 
 
-def test_header_records_bits_count_version_and_checksums(tmp_path):
-    index = HammingIndex(32, backend="numpy")
+def test_header_records_bits_count_version_model_and_checksums(tmp_path):
+    index = HammingIndex(32, backend="numpy", model_version="adsh-64@3")
     index.add(np.ones((3, 4), dtype=np.uint8), ["a", "b", "c"])
     index.save(tmp_path)
     header = json.loads((tmp_path / "index.json").read_text())
-    assert (header["bits"], header["count"], header["version"]) == (32, 3, 1)
-    assert set(header["sha256"]) == {"codes.npy", "ids.npy"}
+    assert (header["bits"], header["count"], header["version"]) == (32, 3, 2)
+    assert header["model_version"] == "adsh-64@3"
+    assert set(header["arrays"]) == {"codes", "ids", "members", "offsets"}
+    assert all(len(entry["sha256"]) == 64 for entry in header["arrays"].values())
+    assert HammingIndex.load(tmp_path).model_version == "adsh-64@3"
 
 
 @pytest.mark.parametrize("name", ["codes.npy", "ids.npy"])

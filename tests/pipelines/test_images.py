@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -152,3 +154,35 @@ def test_decode_and_encode_round_trip_with_channel_axis():
     np.testing.assert_array_equal(decode_image(encode_png(grey[:, :, None])), grey[:, :, None])
     np.testing.assert_array_equal(decode_image(PNG), RGB)
     assert decode_image(PNG).dtype == np.uint8
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk as the spec lays it out: length, type, body, CRC-32 of type + body."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_decompression_bombs_are_refused_by_their_declared_size():
+    # A 300-byte PNG declaring 100,000 x 100,000 greyscale pixels (10 GB once decoded).
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+    png += png_chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + png_chunk(b"IEND", b"")
+    # A real JPEG whose frame header (SOF0: marker, length, precision, height, width) says 65535^2.
+    jpeg = bytearray(JPEG)
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 65535, 65535)
+    for bomb in (png, bytes(jpeg)):
+        assert len(bomb) < 5000
+        with pytest.raises(BadImage) as caught:
+            normalize_image(bomb, size=(8, 8), mode="RGB")
+        assert caught.value.reason == "too many pixels"
+
+
+def test_la_transparency_is_composited_on_white():
+    la = RNG.integers(0, 256, (5, 6, 2), dtype=np.uint8)
+    data = encoded(Image.fromarray(la, "LA"))
+    alpha = la[:, :, 1].astype(np.float64) / 255.0
+    expected = la[:, :, 0] * alpha + 255.0 * (1.0 - alpha)
+    grey = pixels_of(normalize_image(data, size=None, mode="L"))
+    assert grey.shape == (5, 6) and np.abs(grey - expected).max() <= 1.0
+    rgb = pixels_of(normalize_image(data, size=None, mode="RGB"))
+    np.testing.assert_array_equal(rgb, np.repeat(grey[:, :, None], 3, axis=2))

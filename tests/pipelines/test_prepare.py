@@ -328,31 +328,6 @@ def test_mnist_idx_files_with_the_official_split(ray_cluster, tmp_path):
 # --- S3 in and out (moto's server: pyarrow's S3 client cannot see moto's in-process mock) ----------
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """An empty bucket ``corpus`` on a moto server, with the S3 environment hashray reads."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        environment = {
-            "AWS_ENDPOINT_URL_S3": endpoint,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-        }
-        for key, value in environment.items():
-            monkeypatch.setenv(key, value)
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="corpus")
-        yield client
-    finally:
-        server.stop()
-
-
 def test_folder_and_manifest_on_s3(ray_cluster, s3_bucket, tmp_path):
     rng = np.random.default_rng(4)
     expected = {}

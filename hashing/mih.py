@@ -1,0 +1,194 @@
+"""Multi-index hashing (Norouzi, Punjani & Fleet, TPAMI 2014): exact Hamming search by substring probes.
+
+A code of ``bits`` bits is cut into ``s`` contiguous substrings (lengths differ by at most one).
+Pigeonhole: if two codes differ in at most ``r`` bits, some substring differs in at most
+``r // s`` bits. So every code within distance ``r`` of a query shares, in some table, a substring
+value within ``r // s`` bits of the query's substring: probing each table with the query's
+substring and all its neighbours up to ``r // s`` flips finds a superset of the answer, which is
+then verified with exact popcount distances.
+
+Tables are sorted arrays: per substring, the distinct substring values (``keys``) and a CSR posting
+list of the codes holding each value (``offsets``/``postings``). A probe is a ``searchsorted``,
+and a whole batch of queries times all its flip masks is one vectorised call, so the per-query
+Python cost is constant.
+
+Top-k grows the radius in steps of ``s``: after probing substring radii ``0..l``, every code within
+``s * (l + 1) - 1`` has been seen, so a query is done once the items at distance <= that radius
+number at least k. A query whose next level would cost more probes than scanning all codes is
+handed to the scan instead (``fallback``), so MIH is never much slower than the scan it replaces.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+
+from hashing.codes import to_words
+
+__all__ = ["MultiIndex", "substring_count"]
+
+Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
+
+# rough costs on one core (numpy, measured with benchmarks/search.py): a probe (searchsorted into
+# a sorted table plus its bookkeeping) against one verified candidate and one scanned code
+PROBE_COST = 60.0
+CANDIDATE_COST = 25.0
+SCAN_COST = 1.6
+_MAX_PAIRS = 4_000_000  # candidate (query, code) pairs verified at once: bounds memory per call
+
+
+def substring_count(bits: int, codes: int) -> int:
+    """Substrings for ``codes`` distinct codes: about bits / log2(codes) (the paper's choice).
+
+    Each substring fits one uint64 word, and none is shorter than 8 bits (a table of a few bits
+    posts nearly every code under every key).
+    """
+    ideal = round(bits / max(np.log2(max(codes, 2)), 1.0))
+    return int(np.clip(ideal, -(-bits // 64), max(1, bits // 8)))
+
+
+class MultiIndex:
+    """MIH tables over ``codes`` (m x bytes uint8, the distinct codes of an index) of ``bits`` bits."""
+
+    def __init__(self, codes: np.ndarray, bits: int, substrings: int | None = None) -> None:
+        self._words = to_words(codes)
+        self._count = len(codes)
+        self.substrings = substrings or substring_count(bits, len(codes))
+        bounds = np.linspace(0, bits, self.substrings + 1).round().astype(int)
+        self._fields = list(itertools.pairwise(bounds.tolist()))  # (start, stop) bit ranges
+        self._tables = [self._table(start, stop) for start, stop in self._fields]
+
+    def _table(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        values = bit_field(self._words, start, stop - start)
+        postings = np.argsort(values, kind="stable").astype(np.int64)
+        sorted_values = values[postings]
+        first = np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]]))
+        offsets = np.append(first, len(values))
+        return sorted_values[first], offsets, postings
+
+    def probes_per_query(self, level: int) -> int:
+        """Probes a query makes to search substring radii 0..level in every table."""
+        return sum(_mask_total(stop - start, level) for start, stop in self._fields)
+
+    def certified_radius(self, level: int) -> int:
+        """Every code within this distance has been found after probing substring radii 0..level."""
+        return self.substrings * (level + 1) - 1
+
+    def within(self, queries: np.ndarray, radius: int) -> tuple[Candidates, int]:
+        """Per query every code at distance <= radius, and the candidates verified to find them."""
+        query_words = to_words(queries)
+        found: Candidates = []
+        verified = 0
+        for rows in self._chunks(len(queries), radius // self.substrings):
+            chunk, checked = self._probe(query_words[rows], radius // self.substrings, radius)
+            found.extend(chunk)
+            verified += checked
+        return found, verified
+
+    def nearest(
+        self,
+        queries: np.ndarray,
+        counts: np.ndarray,
+        k: int,
+        fallback: Callable[[np.ndarray], Candidates],
+        scan_cost: float | None = None,
+    ) -> Candidates:
+        """Per query every code within the distance of its k-th item (items per code: ``counts``).
+
+        Queries whose next probe level would cost more than ``scan_cost`` (ns per query; default
+        a scan of every code) go to ``fallback(queries)``.
+        """
+        found: Candidates = [None] * len(queries)  # type: ignore[list-item]
+        active = np.arange(len(queries))
+        scan_cost = SCAN_COST * self._count if scan_cost is None else scan_cost
+        level = 0
+        while len(active):
+            too_costly = PROBE_COST * self.probes_per_query(level) > scan_cost
+            if too_costly or level > max(stop - start for start, stop in self._fields):
+                for row, refound in zip(active, fallback(queries[active])):
+                    found[row] = refound
+                break
+            radius = self.certified_radius(level)
+            level_found, _ = self.within(queries[active], radius)
+            done = []
+            for position, (codes, distances) in enumerate(level_found):
+                if counts[codes].sum() >= k:
+                    found[active[position]] = (codes, distances)
+                    done.append(position)
+            active = np.delete(active, done)
+            level += 1
+        return found
+
+    def _chunks(self, queries: int, level: int):
+        """Query index ranges sized so probes and (roughly) candidates stay bounded."""
+        per_query = max(self.probes_per_query(level), 1) * max(1, self._count // 4096)
+        size = int(np.clip(_MAX_PAIRS // per_query, 16, 1024))
+        for start in range(0, queries, size):
+            yield np.arange(start, min(start + size, queries))
+
+    def _probe(
+        self, query_words: np.ndarray, level: int, radius: int
+    ) -> tuple[Candidates, int]:
+        """Probe substring radii 0..level for a chunk of queries; verify; keep distance <= radius."""
+        query_rows, codes = [], []
+        for (start, stop), (keys, offsets, postings) in zip(self._fields, self._tables):
+            values = bit_field(query_words, start, stop - start)
+            masks = _masks(stop - start, level)
+            probes = (values[:, None] ^ masks[None, :]).ravel()
+            slots = np.searchsorted(keys, probes)
+            slots[slots == len(keys)] = 0
+            hit = np.flatnonzero(keys[slots] == probes)
+            first = offsets[slots[hit]]
+            sizes = offsets[slots[hit] + 1] - first
+            query_rows.append(np.repeat(hit // len(masks), sizes))
+            codes.append(postings[_ranges(first, sizes)])
+        query_rows, codes = np.concatenate(query_rows), np.concatenate(codes)
+        differing = np.bitwise_count(self._words[codes] ^ query_words[query_rows])
+        distances = differing.sum(axis=1, dtype=np.int32)
+        close = distances <= radius
+        # the same code can come from several tables: keep one copy, ordered by query then code
+        keys, first_copy = np.unique(
+            query_rows[close] * self._count + codes[close], return_index=True
+        )
+        query_rows, codes = np.divmod(keys, self._count)
+        distances = distances[close][first_copy]
+        bounds = np.searchsorted(query_rows, np.arange(len(query_words) + 1))
+        found = [(codes[a:b], distances[a:b]) for a, b in itertools.pairwise(bounds)]
+        return found, len(close)
+
+
+def bit_field(words: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Bits start..start+length-1 (length <= 64) of each row of uint64 words (n x w) as uint64."""
+    word, offset = divmod(start, 64)
+    values = words[:, word] >> np.uint64(offset)
+    if offset + length > 64:
+        values |= words[:, word + 1] << np.uint64(64 - offset)
+    if length < 64:
+        values &= np.uint64((1 << length) - 1)
+    return values
+
+
+@cache
+def _masks(length: int, level: int) -> np.ndarray:
+    """All ``length``-bit masks with at most ``level`` set bits, as uint64 (0 first)."""
+    masks = [0]
+    for flips in range(1, min(level, length) + 1):
+        masks.extend(sum(1 << b for b in combo) for combo in itertools.combinations(range(length), flips))
+    return np.array(masks, dtype=np.uint64)
+
+
+@cache
+def _mask_total(length: int, level: int) -> int:
+    """How many masks ``_masks(length, level)`` holds, without building them."""
+    from math import comb
+
+    return sum(comb(length, flips) for flips in range(min(level, length) + 1))
+
+
+def _ranges(first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Concatenated ranges first[i] .. first[i] + sizes[i] - 1, as one index array."""
+    ends = np.cumsum(sizes)
+    return np.repeat(first - (ends - sizes), sizes) + np.arange(ends[-1] if len(ends) else 0)

@@ -1,0 +1,34 @@
+"""Fixtures shared by the pipeline tests: an S3 server (moto, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """An empty bucket ``corpus`` on a moto server, with the S3 environment hashray reads."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        environment = {
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+        }
+        for key, value in environment.items():
+            monkeypatch.setenv(key, value)
+        # Every moto server in this process shares one store: empty it, or tests see each other.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="corpus")
+        yield client
+    finally:
+        server.stop()
