@@ -18,6 +18,9 @@ from typing import Any
 __all__ = ["main"]
 
 Command = Callable[[argparse.Namespace], dict[str, Any]]
+# The names of pipelines.sources.SOURCES, spelled out so that `--help` does not import Ray
+# (a test keeps the two in step).
+SOURCE_NAMES = ("mnist5k", "mnist", "cifar10", "nuswide", "folder", "manifest", "parquet")
 
 
 def _examples(*lines: str) -> str:
@@ -32,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--s3-endpoint", metavar="URL",
+                        help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL_S3 or AWS)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, examples: list[str], run: Command) -> argparse.ArgumentParser:
@@ -44,9 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("prepare", "Decode, validate and split an image corpus into Parquet shards.",
                 ["hashray prepare --source mnist5k --out data/mnist5k",
-                 "hashray prepare --source folder --path photos/ --out data/photos --image-size 64"],
+                 "hashray prepare --source folder --path photos/ --out data/photos --image-size 64",
+                 "hashray prepare --source cifar10 --path cifar-10-batches-py --protocol cifar10-1k --out data/c10",
+                 "hashray prepare --source parquet --path s3://b/table/ --option image_column=jpeg --out s3://b/prep",
+                 "hashray --s3-endpoint http://127.0.0.1:9000 prepare --source folder --path s3://b/photos --out out"],
                 _prepare)  # fmt: skip
-    p.add_argument("--source", required=True, help="mnist5k, mnist, folder or manifest")
+    p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCE_NAMES)}")
     p.add_argument("--path", help="corpus location (local or s3://) for file-based sources")
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
     p.add_argument("--protocol", help="evaluation protocol (EVALUATION.md); default per source")
@@ -54,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resize to SIZE x SIZE pixels")
     p.add_argument("--mode", choices=["L", "RGB"], help="colour mode to store")
     p.add_argument("--classes", help="comma-separated class list (manifest source)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a source setting, repeatable (parquet: image_column, labels_column, id_column)")  # fmt: skip
 
     t = command("train", "Train a hashing network with Ray Train; logs to MLflow; resumes on re-run.",
                 ["hashray train --data data/mnist5k --method adsh --bits 32",
@@ -151,12 +161,22 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.cluster import connect
     from pipelines.prepare import prepare
 
-    connect()
+    options = _key_values(args.option)
     classes = args.classes.split(",") if args.classes else None
+    connect()
     meta = prepare(args.source, args.out, path=args.path, protocol=args.protocol, seed=args.seed,
-                   image_size=args.image_size, mode=args.mode, classes=classes, progress=not args.json)  # fmt: skip
+                   image_size=args.image_size, mode=args.mode, classes=classes,
+                   source_options=options, progress=not args.json)  # fmt: skip
     _say(args, f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}")
     return meta
+
+
+def _key_values(pairs: list[str]) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; a pair without ``=`` is a usage error."""
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise UsageError(f"--option takes KEY=VALUE, got {bad[0]!r}")
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hashray`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.s3_endpoint:
+        from pipelines.storage import use_s3_endpoint
+
+        use_s3_endpoint(args.s3_endpoint)  # before any Ray starts, so its workers inherit it
     try:
         # With --json stdout carries the result alone. Ray prints cluster events on the driver's
         # stdout ("(raylet) A worker died ..."), so while the command runs stdout goes to stderr.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli import SOURCE_NAMES, main
 from pipelines.config import load_train_config
 
 COMMANDS = ["prepare", "train", "encode", "evaluate", "demo", "serve", "search"]
@@ -25,7 +25,8 @@ def test_every_command_help_has_examples(command: str, capsys: pytest.CaptureFix
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run([Path(sys.executable).parent / "hashray", "--help"], check=False, capture_output=True, text=True)
+    script = Path(sys.executable).parent / "hashray"
+    result = subprocess.run([script, "--help"], check=False, capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
 
 
@@ -36,11 +37,30 @@ def test_console_script_is_installed() -> None:
         (["train", "--data", "no/such/dir"], "run hashray prepare first"),
         (["evaluate"], "give --codes DIR"),
         (["evaluate", "--codes", "no/such/codes"], "re-run hashray encode"),
+        (["prepare", "--source", "parquet", "--path", "t", "--out", "o", "--option", "image"], "KEY=VALUE"),
     ],
 )
 def test_errors_exit_2_with_advice(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_prepare_help_names_every_source(capsys: pytest.CaptureFixture) -> None:
+    from pipelines.sources import SOURCES
+
+    assert sorted(SOURCE_NAMES) == sorted(SOURCES)
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in SOURCES)
+
+
+def test_s3_endpoint_flag_reaches_boto3_and_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://before:1")  # restored afterwards
+    assert main(["--s3-endpoint", "http://127.0.0.1:9", "evaluate"]) == 2  # fails after the flag applies
+    assert storage.s3_endpoint() == "http://127.0.0.1:9"
 
 
 def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
