@@ -142,23 +142,10 @@ def test_codes_multi_hot_uses_declared_num_classes(tmp_path):
     np.testing.assert_array_equal(got, [[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
 
 
-def test_round_trip_on_s3(tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "test",
-                           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():  # fmt: skip
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="codes")
-        manifest, (ids, codes, _, _) = _write("s3://codes/run/query")
-        got = read_codes("s3://codes/run/query", verify=True)
-        assert list(got.ids) == list(ids) and got.manifest == manifest
-        np.testing.assert_array_equal(got.codes, codes)
-        with pytest.raises(IncompleteCodesError):
-            read_codes("s3://codes/elsewhere")
-    finally:
-        server.stop()
+def test_round_trip_on_s3(s3_bucket):
+    manifest, (ids, codes, _, _) = _write("s3://corpus/run/query")
+    got = read_codes("s3://corpus/run/query", verify=True)
+    assert list(got.ids) == list(ids) and got.manifest == manifest
+    np.testing.assert_array_equal(got.codes, codes)
+    with pytest.raises(IncompleteCodesError):
+        read_codes("s3://corpus/elsewhere")
