@@ -23,6 +23,12 @@ directory the request names, and refuses if that directory no longer holds that 
 live version is the Search replica's state, so ``Search`` runs one replica (its work per request
 is small); a restarted Search replica comes back on the codes it was deployed with.
 
+A dead Shard replica. Serve replaces it and its router stops sending it requests; a request the
+replica had not yet taken Serve sends to another replica itself, but one it had taken fails in the
+caller (``ActorDiedError``). Shard queries only read, so ``Search`` sends such a call again
+(``_ask``) and the router picks a live replica: with two or more replicas per shard a replica's
+death fails no query (tests/cluster/test_serve_drill.py).
+
 Safety: codes of another bit length or model version than the service's (the model's, or the
 first codes' without a model) are refused, and so are queries that name another model version;
 an optional bearer token (``HASHRAY_API_TOKEN`` where the app is built) guards every endpoint but
@@ -57,7 +63,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import Headers
@@ -97,6 +103,7 @@ _JSON_BODY_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the k / radius fields around an upload
 _UPLOAD_PATHS = ("/encode", "/search/image")
 _SHARD_VERSIONS = 2  # a shard replica holds at most the live version and one other
+_SHARD_CALL_TRIES = 3  # sends of one shard query; each lost replica costs one
 _QUIET = {"enable_access_log": False}
 logger = logging.getLogger("ray.serve")
 
@@ -475,11 +482,26 @@ class Search:
 
     async def _gather(self, live: IndexVersion, method: str, *args: Any) -> list[Any]:
         """Call ``method(version, codes, *args)`` on every shard; all answer from ``live``."""
-        calls = [getattr(s, method).remote(live.id, live.codes, *args) for s in self._shards]
+        calls = [_ask(shard, method, live.id, live.codes, *args) for shard in self._shards]
         try:
             return await asyncio.gather(*calls)
         except VersionUnavailable as err:
             raise Refused(503, f"{_cause(err)}; try again") from None
+
+
+async def _ask(shard: DeploymentHandle, method: str, *args: Any) -> Any:
+    """``shard.method(*args)``, sent again when the replica that took it dies before answering.
+
+    Only for calls that read: the replica may have done the work before it died.
+    """
+    for attempt in range(1, _SHARD_CALL_TRIES + 1):
+        try:
+            return await getattr(shard, method).remote(*args)
+        except RayActorError as err:  # ActorDiedError, or ActorUnavailableError while unreachable
+            if attempt == _SHARD_CALL_TRIES:
+                raise
+            logger.warning("%s.%s lost its replica (%s); sending it again",
+                           shard.deployment_name, method, type(err).__name__)  # fmt: skip
 
 
 def _check_identity(
