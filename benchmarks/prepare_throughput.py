@@ -10,7 +10,9 @@ does; Ray start-up is timed apart, not in the ratio.
 Memory: each measurement runs in a fresh child process, whose sampler thread polls that process
 and all its descendants (for Ray: the driver, raylet, GCS and every worker) every 0.2 s. It reports
 the tree's peak summed PSS (shared pages such as Ray's object store split between the processes
-mapping them, so nothing is counted twice), peak summed RSS, and the driver's own peak RSS.
+mapping them, so nothing is counted twice), the same without shared memory ("private": what grows
+when a process holds data; the object store is capped by Ray and spills beyond the cap), peak
+summed RSS, and the driver's own peak RSS and private PSS.
 
     python benchmarks/prepare_throughput.py --sizes 10000 100000 --repeat 3
 Writes benchmarks/results/prepare_throughput.{json,md}.
@@ -80,9 +82,10 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _rollup(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in bytes; zeros if it is gone."""
-    values = {"Rss:": 0, "Pss:": 0}
+def _rollup(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, private PSS) of one process in bytes; zeros if it is gone. Private PSS counts
+    anonymous and file-backed pages: PSS without shared memory (Ray's object store)."""
+    values = {"Rss:": 0, "Pss:": 0, "Pss_Anon:": 0, "Pss_File:": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
             for line in handle:
@@ -91,7 +94,7 @@ def _rollup(pid: int) -> tuple[int, int]:
                     values[key] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return values["Rss:"], values["Pss:"]
+    return values["Rss:"], values["Pss:"], values["Pss_Anon:"] + values["Pss_File:"]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -110,7 +113,9 @@ class TreeMonitor:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
-        self.peak = dict.fromkeys(("tree_pss", "tree_rss", "driver_rss", "processes"), 0)
+        self.peak = dict.fromkeys(
+            ("tree_pss", "tree_rss", "tree_private", "driver_rss", "driver_private", "processes"), 0
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -129,10 +134,12 @@ class TreeMonitor:
         return sum(_cpu_seconds(pid) for pid in self.pids())
 
     def sample(self) -> dict[str, int]:
-        """One reading: summed RSS and PSS over the tree, the driver's RSS, the process count."""
+        """One reading: summed RSS, PSS and private PSS over the tree, the driver's RSS and
+        private PSS, the process count."""
         readings = [_rollup(pid) for pid in self.pids()]
-        return {"tree_rss": sum(r for r, _ in readings), "tree_pss": sum(p for _, p in readings),
-                "driver_rss": readings[0][0], "processes": len(readings)}  # fmt: skip
+        return {"tree_rss": sum(r[0] for r in readings), "tree_pss": sum(r[1] for r in readings),
+                "tree_private": sum(r[2] for r in readings), "driver_rss": readings[0][0],
+                "driver_private": readings[0][2], "processes": len(readings)}  # fmt: skip
 
     def take_peak(self) -> dict[str, int]:
         """The peaks since the last call (or the start), as peak_<name>; starts a new period."""
@@ -298,7 +305,9 @@ def measure(kind: str, corpus: Path, out: Path, args: argparse.Namespace) -> dic
     """One contestant in a fresh Python process; its JSON result."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus), "--out", str(out),
                "--ray-cpus", str(args.ray_cpus), "--repeat", str(args.repeat)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    # Read by ray.init and passed on to the raylet, which starts the workers at this niceness.
+    environment = {**os.environ, "RAY_worker_niceness": str(args.worker_nice)}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -317,6 +326,16 @@ def main() -> None:
     # 4 logical CPUs, so a task waiting to be scheduled never leaves a core idle.
     parser.add_argument("--ray-cpus", type=int, default=max(4, os.cpu_count() or 1),
                         help="Ray logical CPUs (default: as hashray's local cluster)")  # fmt: skip
+    # Ray starts its workers at nice 15 (the driver and raylet stay responsive). On a machine
+    # shared with busy processes at nice 0 that leaves the workers a sliver of CPU while the loop,
+    # at nice 0 too, gets its fair share: the ratio would measure priority, not throughput. 0
+    # runs both sides at the same priority; 15 measures what `hashray prepare` gets by default.
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="niceness of Ray's workers (Ray's default: 15; default here: 0)",
+    )
     parser.add_argument("--child", choices=["loop", "prepare"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -345,15 +364,19 @@ def main() -> None:
         print(json.dumps(sizes[-1], indent=1), flush=True)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "ray_cpus": args.ray_cpus, "repeat": args.repeat,
+        "ray_cpus": args.ray_cpus, "ray_worker_nice": args.worker_nice, "repeat": args.repeat,
         "image": f"{SIDE}x{SIDE} RGB JPEG -> PNG", "sizes": sizes,
         "command": f"python benchmarks/prepare_throughput.py --sizes "
-        f"{' '.join(map(str, args.sizes))} --repeat {args.repeat}",
+        f"{' '.join(map(str, args.sizes))} --repeat {args.repeat} --worker-nice {args.worker_nice}",
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "prepare_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "prepare_throughput.md").write_text(markdown(result))
     print(markdown(result))
+
+
+# The memory columns of the markdown table, in order.
+_MEMORY = ("tree_pss", "tree_private", "tree_rss", "driver_rss", "driver_private")
 
 
 def _seconds(runs: list[dict]) -> str:
@@ -367,13 +390,15 @@ def markdown(result: dict) -> str:
         "# prepare throughput",
         "",
         (f"`{result['command']}` on {result['machine']['cpus']} CPUs (Ray: {result['ray_cpus']} "
-         f"logical CPUs, as `hashray prepare` starts it); {result['image']}. After one cold "
+         f"logical CPUs, as `hashray prepare` starts it; its workers at nice "
+         f"{result['ray_worker_nice']}, the loop at 0); {result['image']}. After one cold "
          "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors start "
          f"inside it), {result['repeat']} pairs of (PIL loop, warm prepare) run back to back; "
          "the ratio is the median over pairs, so both sides meet the same load from the "
          "machine's other tenants. Ray start-up is not in the ratio. CPU: user + system seconds "
          "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
-         "shared pages once; RSS in every process); the loop's from a process of its own."),
+         "shared pages once; private: PSS without shared memory such as Ray's object store, "
+         "which Ray caps; RSS in every process); the loop's from a process of its own."),
         "",
         ("| images | loop img/s | prepare cold img/s | ratio cold | prepare warm img/s "
          "| ratio warm (pairs) | CPU us/img loop / prepare | load 1m (before -> after) |"),
@@ -395,27 +420,28 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         ("| images | run | seconds (each run) | list / validate / write (s), median | peak tree PSS "
-         "| peak tree RSS | driver peak RSS |"),
-        "|---|---|---|---|---|---|---|",
+         "| peak tree private | peak tree RSS | driver peak RSS | driver peak private |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for size in result["sizes"]:
         n, alone = f"{size['images']:,}", size["loop_alone"]
         lines.append(
             f"| {n} | PIL loop alone | {alone['seconds']:.1f} | - | "
-            f"{alone['peak_tree_pss'] / mib:.0f} MiB | {alone['peak_tree_rss'] / mib:.0f} MiB | "
-            f"{alone['peak_driver_rss'] / mib:.0f} MiB |"
+            + " | ".join(f"{alone[f'peak_{key}'] / mib:.0f} MiB" for key in _MEMORY)
+            + " |"
         )
         lines.append(
-            f"| {n} | PIL loop in pairs | {_seconds(size['prepare']['loops'])} | - | | | |"
+            f"| {n} | PIL loop in pairs | {_seconds(size['prepare']['loops'])} | - | | | | | |"
         )
         for name, runs in (("cold", [size["prepare"]["cold"]]), ("warm", size["prepare"]["warm"])):
             phases = {k: _median([r["phases_s"][k] for r in runs]) for k in runs[0]["phases_s"]}
             lines.append(
                 f"| {n} | prepare {name} | {_seconds(runs)} | "
                 f"{phases['listing']:.1f} / {phases['validate']:.1f} / {phases['write']:.1f} | "
-                f"{max(r['peak_tree_pss'] for r in runs) / mib:.0f} MiB | "
-                f"{max(r['peak_tree_rss'] for r in runs) / mib:.0f} MiB | "
-                f"{max(r['peak_driver_rss'] for r in runs) / mib:.0f} MiB |"
+                + " | ".join(
+                    f"{max(r[f'peak_{key}'] for r in runs) / mib:.0f} MiB" for key in _MEMORY
+                )
+                + " |"
             )
     idle = [f"{size['images']:,}: {size['prepare']['ray_idle_tree_pss'] / mib:.0f} MiB in "
             f"{size['prepare']['ray_idle_processes']} processes, started in "

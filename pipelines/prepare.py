@@ -17,8 +17,9 @@ say otherwise (hashing needs one image size).
 
 Memory: rows stream through Ray Data in blocks; the driver holds a block at a time, a summary row
 (id, labels, reason: some 50 bytes) per image and one output part; the images themselves are only in
-the on-disk spool. Listing a file corpus costs the driver about 0.5 KB per file while it lasts.
-benchmarks/prepare_throughput.py measures peak memory at 10k and 100k images.
+the on-disk spool. Listing a file corpus costs the driver about 2 KB per file while it lasts
+(pyarrow's file infos, ids, paths). tests/pipelines/test_prepare_memory.py checks that 10x the
+images takes no more memory; benchmarks/prepare_throughput.py measures it at 10k and 100k.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def _dataset_json(
         "protocol": protocol,
         "seed": seed,
         "classes": corpus.classes,
-        "multi_label": any(len(row) > 1 for row in good.column("labels").to_pylist()),
+        "multi_label": pc.max(pc.list_value_length(good.column("labels"))).as_py() > 1,
         "image": {**image, "format": "png"},
         "splits": splits,
         "counts": {

@@ -3,7 +3,8 @@
 The row contract (ROW_SCHEMA) and the ``Source`` they return live in ``pipelines.source_rows``.
 Sources here: in-memory digits (``mnist5k``, ``mnist`` idx files) and corpora of image files
 (``folder``, ``manifest``, ``nuswide``); corpora packed into container files (``cifar10``,
-``parquet``) are in ``pipelines.sources_packed``. Every path may be local or ``s3://``.
+``parquet``, ``webdataset``) are in ``pipelines.sources_packed``. Every path may be local or
+``s3://``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import ray.data
 from hashing.datasets import MNIST5K_CLASSES, load_mnist5k
 from pipelines import storage
 from pipelines.images import encode_png
-from pipelines.source_rows import ROW_SCHEMA, ROWS_PER_BLOCK, Source, file_rows, row_table
-from pipelines.sources_packed import cifar10_source, parquet_source
+from pipelines.source_rows import ROW_SCHEMA, Source, file_rows, listed_blocks, row_table
+from pipelines.sources_packed import cifar10_source, parquet_source, webdataset_source
 
 __all__ = ["NUSWIDE_CONCEPTS", "ROW_SCHEMA", "SOURCES", "Source", "read_source"]
 
@@ -142,8 +143,7 @@ def _pixel_rows(
             "official_split": pa.array(official, pa.string()),
         }
     )
-    blocks = [table.slice(i, ROWS_PER_BLOCK) for i in range(0, n, ROWS_PER_BLOCK)]
-    return ray.data.from_arrow(blocks).map_batches(
+    return ray.data.from_arrow(listed_blocks(table)).map_batches(
         _encode_pixels, batch_format="pyarrow", fn_kwargs={"shape": (height, width)}
     )
 
@@ -329,4 +329,5 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "nuswide": _nuswide,
     "cifar10": cifar10_source,
     "parquet": parquet_source,
+    "webdataset": webdataset_source,
 }

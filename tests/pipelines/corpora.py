@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,17 @@ def write_nuswide(root: Path, seed: int) -> dict:
         (root / "Groundtruth" / "AllLabels" / f"Labels_{concept}.txt").write_text(column)
     ids = ["/".join(path.split("\\")[-2:]) for path in listed]
     return {"concepts": concepts, "matrix": matrix, "ids": ids, "files": files}
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> bytes:
+    """A tar file holding ``members`` (name, contents) in this order, as WebDataset shards are
+    written: the members of one sample next to each other. Returns the file's bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()

@@ -12,7 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from corpora import CIFAR_BATCHES, cifar_pixels, kept_rows, png_bytes, write_cifar, write_nuswide
+from corpora import (
+    CIFAR_BATCHES,
+    cifar_pixels,
+    kept_rows,
+    png_bytes,
+    write_cifar,
+    write_nuswide,
+    write_tar,
+)
 
 from hashing.models import build, save_model
 from pipelines import prepare as prepare_module
@@ -67,12 +75,21 @@ def local_corpora(root: Path) -> dict[str, tuple[str, Path, dict]]:
             (root / "folder" / label).mkdir(parents=True, exist_ok=True)
             (root / "folder" / label / f"{i}.png").write_bytes(random_png(rng, 6))
     (root / "folder" / "q" / "empty.png").write_bytes(b"")
+    for shard in range(2):
+        members = [("s/junk.png", b"junk"), ("s/junk.cls", b"1")]
+        for i in range(5):
+            members += [
+                (f"s/{shard}{i}.png", random_png(rng, 5)),
+                (f"s/{shard}{i}.cls", b"%d" % (i % 2)),
+            ]
+        write_tar(root / "shards" / f"{shard}.tar", members)
     return {
         "cifar10": ("cifar10", root / "cifar", {"protocol": "random"}),
         "nuswide": ("nuswide", root / "nus", {"protocol": "random", "image_size": 8}),
         "parquet": ("parquet", root / "table", {"image_size": 5, "source_options": {
             "image_column": "png", "labels_column": "label"}}),
         "folder": ("folder", root / "folder", {"image_size": 6}),
+        "webdataset": ("webdataset", root / "shards", {"image_size": 5}),
     }  # fmt: skip
 
 
@@ -98,6 +115,8 @@ def test_every_format_reads_the_same_from_s3(ray_cluster, s3_bucket, tmp_path):
             assert theirs["source"].startswith(f"{uri}/")
         if name == "parquet":
             assert skipped == [("part-0.parquet#20", "not an image")]
+        if name == "webdataset":
+            assert skipped == [("0.tar/s/junk", "not an image"), ("1.tar/s/junk", "not an image")]
 
 
 def test_unreadable_and_vanishing_objects_cost_one_row(ray_cluster, s3_bucket, monkeypatch):
