@@ -31,7 +31,12 @@ from pipelines.dataset import PreparedDataset
 
 ROWS_PER_PART = 50_000
 SCHEMA = pa.schema(
-    [("id", pa.string()), ("image", pa.binary()), ("labels", pa.list_(pa.int32())), ("source", pa.string())]
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("labels", pa.list_(pa.int32())),
+        ("source", pa.string()),
+    ]
 )
 
 
@@ -65,7 +70,13 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_part(
-    path: Path, originals: np.ndarray, labels: np.ndarray, ids: np.ndarray, first: int, count: int, seed: int
+    path: Path,
+    originals: np.ndarray,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    first: int,
+    count: int,
+    seed: int,
 ) -> None:
     """Rows first..first+count-1: row i augments train image i % len(originals)."""
     rows = np.arange(first, first + count)

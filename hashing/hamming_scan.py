@@ -42,13 +42,22 @@ class FaissScan:
         distances = distances.astype(np.int32)  # faiss hands Hamming distances back as float32
         return [(labels[a:b], distances[a:b]) for a, b in itertools.pairwise(lims)]
 
+    def ranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per query the k codes first by (distance, label): (labels int64, distances int32), q x k.
+
+        faiss keeps the lowest labels among ties and returns them in that order (checked in
+        tests/hashing/test_index_strategies.py), so this is an exact top-k by (distance, label).
+        """
+        distances, labels = self._index.search(queries, k)
+        return labels, distances.astype(np.int32)
+
     def nearest(self, queries: np.ndarray, counts: np.ndarray, k: int) -> Candidates:
         """Per query: every code at distance <= that of the k-th item (plus maybe farther ones)."""
         total = self._index.ntotal
         fetch = min(total, 2 * k + 16)  # a margin so the tie group at the k-th distance mostly fits
         distances, labels = self._index.search(queries, fetch)
         found: Candidates = list(zip(labels, distances.astype(np.int32)))
-        held = np.cumsum(counts[labels], axis=1)[:, -1]
+        held = counts[labels].sum(axis=1)
         short = (held < k) & (fetch < total)  # deleted items left fewer than k in the margin
         kth = np.array(
             [kth_distance(d, counts[g], k) if not s else -1 for (g, d), s in zip(found, short)]

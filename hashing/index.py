@@ -10,7 +10,10 @@ tie-breaking compares integers, not strings). A search finds candidate groups wi
 distances, then expands groups into items in (distance, rank) order. A top-k query finds the
 distance ``t`` of the k-th item; every item closer than ``t`` is in the answer and the rest are
 the lowest-ranked items at distance ``t``; so the group search must return *every* group at
-distance <= t.
+distance <= t. Learned codes collapse: when the query's own code already holds k items (found by
+a hash lookup of the distinct codes), its first k by rank are the answer and nothing is searched.
+The flat strategy stores codes in rank order, and faiss keeps the lowest labels among ties, so
+there faiss's own top-k is the exact answer.
 
 Strategies (``strategy=``), all exact and identical in their answers:
 - ``"flat"``: one group per item, scanned in full (faiss ``IndexBinaryFlat`` or numpy popcounts);
@@ -20,9 +23,11 @@ Strategies (``strategy=``), all exact and identical in their answers:
   within a radius, growing the radius for top-k (however many probes that takes);
 - ``"auto"`` (default): flat when nearly every code is distinct (grouping would save nothing),
   buckets otherwise; then per query kind (top-k for a k, radius r) multi-index hashing when its
-  cost, measured on a sample of the indexed codes used as queries, is below a scan's, and even
-  then a top-k query whose next probe level would cost more than a scan is scanned instead. ``plan``
-  says what a query would use.
+  cost is below a scan's. Both costs are estimates in ns from counts measured on the index (codes
+  scanned, probes made and candidates met by 64 indexed codes searched as queries) times per-unit
+  costs measured on MNIST-1M (hashing/mih.py), so the choice is deterministic. Even then a top-k
+  query whose next probe level would cost more than a scan is scanned instead. ``plan`` says what
+  a query would use.
 
 Deletes and updates: ``remove`` marks items dead (tombstones) and drops them from the groups'
 posting lists, without re-sorting anything or rebuilding the scan or substring tables. ``add``
@@ -44,15 +49,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
 
 from hashing import index_store
 from hashing.codes import code_bytes, to_words
-from hashing.hamming_scan import SCANS, Candidates
-from hashing.mih import CANDIDATE_COST, PROBE_COST, SCAN_COST, MultiIndex
+from hashing.hamming_scan import SCANS, Candidates, FaissScan
+from hashing.mih import CANDIDATE_COST, FETCH_COST, PROBE_COST, SCAN_COST, MultiIndex
 
 __all__ = ["STRATEGIES", "HammingIndex"]
 
@@ -83,7 +88,7 @@ class HammingIndex:
         self.model_version = model_version  # which model made the codes; kept by save/load
         self._codes = np.empty((0, self._nbytes), dtype=np.uint8)
         self._ids = np.empty(0, dtype="<U1")
-        self._rank = np.empty(0, dtype=np.int64)  # rank[i]: position of ids[i] in sorted id order
+        self._order = _IdOrder.of(np.empty(0, dtype=np.int64))  # ranks: positions in id order
         self._alive = np.empty(0, dtype=bool)  # False: removed (a tombstone until compact)
         self._segments: list[_Segment] = []  # built on the first query after a rebuild
         self._built = 0  # items [0, _built) are in the first segment, the rest in the second
@@ -131,7 +136,7 @@ class HammingIndex:
             )
         self._codes = np.concatenate([self._codes, codes])
         self._ids, self._alive = all_ids, alive
-        self._rank = _ranks(order)
+        self._order = _IdOrder.of(order)
         self._stored_groups = None
         # the first segment stays; the new items form (or join) the second one, rebuilt alone
         self._segments = self._segments[:1]
@@ -163,9 +168,14 @@ class HammingIndex:
         """Drop removed items for good and rebuild one segment over the rest."""
         keep = np.flatnonzero(self._alive)
         self._codes, self._ids = self._codes[keep], self._ids[keep]
-        self._rank = _ranks(np.argsort(self._ids, kind="stable"))
+        self._order = _IdOrder.of(np.argsort(self._ids, kind="stable"))
         self._alive = np.ones(len(keep), dtype=bool)
         self._segments, self._built, self._stored_groups = [], 0, None
+
+    def nbytes(self) -> int:
+        """Bytes held in memory: codes, ids, ranks, groups, scans and substring tables built so far."""
+        arrays = (self._codes, self._ids, self._order.rank, self._order.by_rank, self._alive)
+        return sum(a.nbytes for a in arrays) + sum(s.nbytes() for s in self._segments)
 
     def plan(self, k: int | None = None, radius: int | None = None) -> list[str]:
         """Strategy per segment ("flat", "buckets" or "mih") for a top-k or a radius query."""
@@ -187,7 +197,7 @@ class HammingIndex:
             segments = self._prepared()
             for start in range(0, len(queries), _QUERY_CHUNK):
                 chunk = slice(start, start + _QUERY_CHUNK)
-                best = [segment.top_k(queries[chunk], k, self._rank) for segment in segments]
+                best = [segment.top_k(queries[chunk], k, self._order) for segment in segments]
                 items[chunk], distances[chunk] = self._merged_top_k(best, k)
         return distances, self._ids[items]
 
@@ -203,9 +213,11 @@ class HammingIndex:
         results = []
         for start in range(0, len(queries), _QUERY_CHUNK):
             chunk = queries[start : start + _QUERY_CHUNK]
-            hits = _Hits.concatenate([segment.within(chunk, r, self._rank) for segment in segments])
+            hits = _Hits.concatenate(
+                [segment.within(chunk, r, self._order) for segment in segments]
+            )
             if len(segments) > 1:
-                hits = hits.sorted(self._rank)
+                hits = hits.sorted(self._order)
             ids = self._ids[hits.items]
             results.extend(
                 (hits.distances[a:b], ids[a:b]) for a, b in itertools.pairwise(hits.bounds())
@@ -214,8 +226,9 @@ class HammingIndex:
 
     def save(self, path: str | Path) -> None:
         """Write the index to directory ``path`` (format: hashing/index_store.py); live items only."""
-        live = np.flatnonzero(self._alive)
-        by_id = live[np.argsort(self._rank[live])]  # stored in id order, so load needs no sort
+        by_id = self._order.by_rank[
+            self._alive[self._order.by_rank]
+        ]  # id order: load needs no sort
         codes = self._codes[by_id]
         groups = _Groups.distinct(codes, np.arange(len(codes)), np.arange(len(codes)))
         index_store.save(
@@ -248,7 +261,7 @@ class HammingIndex:
         if count > 1 and not np.all(ids[1:] > ids[:-1]):
             raise ValueError(f"{path}: stored ids are not sorted and unique")
         index._codes, index._ids = codes, ids
-        index._rank = np.arange(count)
+        index._order = _IdOrder.of(np.arange(count))
         index._alive = np.ones(count, dtype=bool)
         if "members" in stored.arrays:
             index._stored_groups = (stored.arrays["members"], stored.arrays["offsets"])
@@ -270,13 +283,13 @@ class HammingIndex:
     ) -> _Segment:
         """A segment over items (indices into the arrays); ``stored`` groups come from ``load``."""
         if self._strategy == "flat":
-            groups = _Groups.singletons(self._codes, items)
+            groups = _Groups.singletons(self._codes, items, self._order.rank)
         elif stored is not None:
             groups = _Groups.from_stored(self._codes, *stored)
         else:
-            groups = _Groups.distinct(self._codes, items, self._rank)
+            groups = _Groups.distinct(self._codes, items, self._order.rank)
             if self._strategy == "auto" and len(groups.codes) > _FLAT_RATIO * len(items):
-                groups = _Groups.singletons(self._codes, items)
+                groups = _Groups.singletons(self._codes, items, self._order.rank)
         groups = groups.without(self._alive)
         return _Segment(groups, self._bits, self._backend, self._strategy)
 
@@ -288,7 +301,7 @@ class HammingIndex:
             return per_segment[0]
         items = np.concatenate([part[0] for part in per_segment], axis=1)
         distances = np.concatenate([part[1] for part in per_segment], axis=1)
-        order = np.lexsort((self._rank[items], distances), axis=-1)[:, :k]
+        order = np.lexsort((self._order.rank[items], distances), axis=-1)[:, :k]
         return np.take_along_axis(items, order, 1), np.take_along_axis(distances, order, 1)
 
     def _check_codes(self, packed: np.ndarray, name: str) -> np.ndarray:
@@ -312,9 +325,21 @@ class _Groups:
     offsets: np.ndarray  # (m + 1,) group g is members[offsets[g]:offsets[g + 1]]
     distinct: bool  # True: one group per distinct code; False: one group per item
     counts: np.ndarray = field(init=False)  # (m,) live items per group
+    live: int = field(init=False)  # live items in all groups
+    no_empty: bool = field(init=False)  # every group holds a live item
+    _member_ranks: list = field(init=False)  # [rank array, rank of each member] for the last rank
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", np.diff(self.offsets))
+        object.__setattr__(self, "live", len(self.members))
+        object.__setattr__(self, "no_empty", bool(self.counts.all()))
+        object.__setattr__(self, "_member_ranks", [None, None])
+
+    def member_ranks(self, order: _IdOrder) -> np.ndarray:
+        """rank of each entry of ``members`` (kept until the ranks change with an add)."""
+        if self._member_ranks[0] is not order.rank:
+            self._member_ranks[:] = [order.rank, order.rank[self.members]]
+        return self._member_ranks[1]
 
     @classmethod
     def distinct(cls, codes: np.ndarray, items: np.ndarray, rank: np.ndarray) -> _Groups:
@@ -334,8 +359,9 @@ class _Groups:
         return cls(np.ascontiguousarray(codes[members[offsets[:-1]]]), members, offsets, True)
 
     @classmethod
-    def singletons(cls, codes: np.ndarray, items: np.ndarray) -> _Groups:
-        """One group per item, in item order."""
+    def singletons(cls, codes: np.ndarray, items: np.ndarray, rank: np.ndarray) -> _Groups:
+        """One group per item, in rank order (so a scan's label order is the tie-break order)."""
+        items = items[np.argsort(rank[items])]
         return cls(codes[items], items, np.arange(len(items) + 1), False)
 
     def without(self, alive: np.ndarray) -> _Groups:
@@ -346,7 +372,30 @@ class _Groups:
         kept_before = np.concatenate([[0], np.cumsum(live)])
         return replace(self, members=self.members[live], offsets=kept_before[self.offsets])
 
-    def top_k(self, found: Candidates, k: int, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @cached_property
+    def _lookup_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Group codes hashed to one uint64 each, sorted, and the group of each sorted key."""
+        keys = _code_keys(to_words(self.codes))
+        order = np.argsort(keys)
+        return keys[order], order
+
+    def lookup(self, queries: np.ndarray) -> np.ndarray:
+        """(q,) the group whose code equals each query's (distinct groups only), or -1."""
+        keys, groups = self._lookup_table
+        if not len(keys):
+            return np.full(len(queries), -1)
+        query_words = to_words(queries)
+        slots = np.minimum(np.searchsorted(keys, _code_keys(query_words)), len(keys) - 1)
+        found = groups[slots]
+        # a hash collision is a miss here, which only sends the query down the general path
+        equal = (to_words(self.codes[found]) == query_words).all(axis=1)
+        return np.where(equal, found, -1)
+
+    def first_k(self, groups: np.ndarray, k: int) -> np.ndarray:
+        """(q x k) the first k items by rank of each given group (each holds at least k)."""
+        return self.members[self.offsets[groups][:, None] + np.arange(k)]
+
+    def top_k(self, found: Candidates, k: int, order: _IdOrder) -> tuple[np.ndarray, np.ndarray]:
         """Best k items per query by (distance, rank) -> (items, distances), each (q x k).
 
         ``found`` holds per query every group within the distance of its k-th item (and maybe
@@ -359,23 +408,39 @@ class _Groups:
         items_so_far -= np.concatenate([[0], items_so_far])[bounds[:-1]][hits.query]
         # within a query's block the count only grows: its first hit reaching k follows the others
         short = np.bincount(hits.query[items_so_far < k], minlength=hits.queries)
-        first_reaching = bounds[:-1] + short
-        kept = hits.distances <= hits.distances[first_reaching][hits.query]
-        # no group gives more than k items, and its first k by rank are the only ones that can win
-        best = self.expand(hits.select(kept), rank, limit=k)
+        kth = hits.distances[bounds[:-1] + short][hits.query]
+        closer = hits.distances < kth
+        # every item closer than the k-th distance wins; at that distance a group gives at most
+        # the places left, its first ones by rank
+        left = k - np.bincount(hits.query[closer], weights=counts[closer], minlength=hits.queries)
+        take = np.where(closer, counts, np.minimum(counts, left.astype(np.int64)[hits.query]))
+        best = self.expand(hits.select(hits.distances <= kth), order, take[hits.distances <= kth])
         first_k = np.arange(len(best.items)) - best.bounds()[:-1][best.query] < k
         return best.items[first_k].reshape(-1, k), best.distances[first_k].reshape(-1, k)
 
-    def expand(self, hits: _Hits, rank: np.ndarray, limit: int | None = None) -> _Hits:
-        """The items of groups hit by queries, up to ``limit`` per group, by (query, distance, rank)."""
-        counts = self.counts[hits.items]
-        take = counts if limit is None else np.minimum(counts, limit)
+    def expand(self, hits: _Hits, order: _IdOrder, take: np.ndarray | None = None) -> _Hits:
+        """The items of groups hit by queries (the first ``take`` of each), by (query, distance, rank)."""
+        take = self.counts[hits.items] if take is None else take
         first = np.repeat(self.offsets[hits.items] - (np.cumsum(take) - take), take)
-        items = self.members[first + np.arange(take.sum())]
-        expanded = _Hits(
-            items, np.repeat(hits.distances, take), np.repeat(hits.query, take), hits.queries
-        )
-        return expanded.sorted(rank)
+        # ranks read from contiguous runs of member_ranks, not gathered item by item
+        ranks = self.member_ranks(order)[first + np.arange(take.sum())]
+        query, distances = np.repeat(hits.query, take), np.repeat(hits.distances, take)
+        return _Hits.sorted_ranks(ranks, distances, query, hits.queries, order)
+
+
+@dataclass(frozen=True)
+class _IdOrder:
+    """Where each item stands in sorted id order (``rank``) and its inverse (``by_rank``)."""
+
+    rank: np.ndarray  # (n,) rank[i]: position of ids[i] in sorted id order
+    by_rank: np.ndarray  # (n,) by_rank[j]: the item of rank j
+
+    @classmethod
+    def of(cls, by_rank: np.ndarray) -> _IdOrder:
+        """From the items in sorted id order (an argsort of the ids)."""
+        rank = np.empty(len(by_rank), dtype=np.int64)
+        rank[by_rank] = np.arange(len(by_rank))
+        return cls(rank, by_rank)
 
 
 @dataclass(frozen=True)
@@ -404,7 +469,9 @@ class _Hits:
         if len(parts) == 1:
             return parts[0]
         fields = ("items", "distances", "query")
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), parts[0].queries)
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in fields), parts[0].queries
+        )
 
     def select(self, mask: np.ndarray) -> _Hits:
         """The hits where ``mask`` is True, in the same order."""
@@ -414,15 +481,39 @@ class _Hits:
         """Ordered by (query, distance)."""
         return self.select(np.argsort(self._query_distance(), kind="stable"))
 
-    def sorted(self, rank: np.ndarray) -> _Hits:
+    def sorted(self, order: _IdOrder) -> _Hits:
         """Items ordered by (query, distance, rank)."""
-        # one int64 key sorts several times faster than a three-key lexsort
-        return self.select(np.argsort(self._query_distance() * len(rank) + rank[self.items]))
+        ranks = order.rank[self.items]
+        return _Hits.sorted_ranks(ranks, self.distances, self.query, self.queries, order)
+
+    @classmethod
+    def sorted_ranks(
+        cls,
+        ranks: np.ndarray,
+        distances: np.ndarray,
+        query: np.ndarray,
+        queries: int,
+        order: _IdOrder,
+    ) -> _Hits:
+        """Items given by rank, ordered by (query, distance, rank)."""
+        # one int64 key holding all three, sorted in place and decoded with shifts, beats a
+        # lexsort and the gathers an argsort needs several times over
+        rank_bits = max(len(order.rank) - 1, 1).bit_length()
+        distance_bits = int(distances.max() if len(distances) else 0).bit_length()
+        keys = (query << (distance_bits + rank_bits)) | (distances.astype(np.int64) << rank_bits)
+        keys |= ranks
+        keys.sort()
+        items = order.by_rank[keys & ((1 << rank_bits) - 1)]
+        keys >>= rank_bits
+        distances = (keys & ((1 << distance_bits) - 1)).astype(np.int32)
+        return cls(items, distances, keys >> distance_bits, queries)
 
     def _query_distance(self) -> np.ndarray:
         """(query, distance) packed into one int64 that sorts the same way."""
-        span = int(self.distances.max()) + 1 if len(self.distances) else 1
-        return self.query * span + self.distances
+        return self.query * self._span() + self.distances
+
+    def _span(self) -> int:
+        return int(self.distances.max()) + 1 if len(self.distances) else 1
 
     def bounds(self) -> np.ndarray:
         """(queries + 1,) query i's hits are [bounds[i], bounds[i + 1]) once ordered by query."""
@@ -439,6 +530,12 @@ class _Segment:
         self._mih: MultiIndex | None = None
         self._plans: dict[tuple[str, int], str] = {}
 
+    def nbytes(self) -> int:
+        """Bytes of the groups, the scan's copy of the codes and the MIH tables, if built."""
+        groups = self.groups.codes.nbytes + self.groups.members.nbytes + self.groups.offsets.nbytes
+        mih = self._mih.nbytes() if self._mih is not None else 0
+        return groups + self.groups.counts.nbytes + self.groups.codes.nbytes + mih
+
     def without(self, alive: np.ndarray) -> _Segment:
         """This segment with dead items dropped; scan and tables are shared, plans re-measured."""
         segment = _Segment.__new__(_Segment)
@@ -451,34 +548,66 @@ class _Segment:
         if self._strategy != "auto":
             return self._strategy
         if (kind, value) not in self._plans:
-            scan_cost = SCAN_COST * len(self.groups.codes)
-            self._plans[kind, value] = "mih" if self._mih_cost(kind, value) < scan_cost else scan
+            cheaper = self._mih_cost(kind, value) < self._scan_cost(kind, value)
+            self._plans[kind, value] = "mih" if cheaper else scan
         return self._plans[kind, value]
 
-    def top_k(
-        self, queries: np.ndarray, k: int, rank: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _scan_cost(self, kind: str, value: int) -> float:
+        """Estimated cost (ns per query) of a full scan of the group codes."""
+        cost = SCAN_COST * len(self.groups.codes)
+        if kind == "top":  # the scan's top-k keeps a heap of a margin past k codes
+            cost += FETCH_COST * min(len(self.groups.codes), 2 * value + 16)
+        return cost
+
+    def top_k(self, queries: np.ndarray, k: int, order: _IdOrder) -> tuple[np.ndarray, np.ndarray]:
         """Per query its best k items of this segment (fewer if it holds fewer): 2 (q x k) arrays."""
         counts = self.groups.counts
-        k = min(k, int(counts.sum()))
+        k = min(k, self.groups.live)
+        items = np.empty((len(queries), k), np.int64)
+        distances = np.zeros((len(queries), k), np.int32)
         if k == 0:
-            return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.int32)
+            return items, distances
+        rest = np.arange(len(queries))
+        if self.groups.distinct:
+            # learned codes collapse: often the query's own code holds k items, the answer
+            exact = self.groups.lookup(queries)
+            full = (exact >= 0) & (counts[exact] >= k)
+            items[full] = self.groups.first_k(exact[full], k)
+            rest = rest[~full]
+        if len(rest):
+            items[rest], distances[rest] = self._top_k_searched(queries[rest], k, order)
+        return items, distances
+
+    def _top_k_searched(
+        self, queries: np.ndarray, k: int, order: _IdOrder
+    ) -> tuple[np.ndarray, np.ndarray]:
+        counts = self.groups.counts
+        plan = self.plan("top", k)
+        if plan == "flat" and isinstance(self._scan, FaissScan) and self.groups.no_empty:
+            # one live item per code, codes in rank order: faiss's own top-k is the answer
+            labels, distances = self._scan.ranked(queries, k)
+            return self.groups.members[labels], distances
         scan = partial(self._scan.nearest, counts=counts, k=k)
-        if self.plan("top", k) == "mih":
+        if plan == "mih":
             # a forced "mih" probes on however costly it gets: it is what the strategy measures
-            ceiling = np.inf if self._strategy == "mih" else None
+            ceiling = np.inf if self._strategy == "mih" else self._scan_cost("top", k)
             found = self._multi_index().nearest(queries, counts, k, scan, ceiling)
         else:
             found = scan(queries)
-        return self.groups.top_k(found, k, rank)
+        return self.groups.top_k(found, k, order)
 
-    def within(self, queries: np.ndarray, r: int, rank: np.ndarray) -> _Hits:
+    def within(self, queries: np.ndarray, r: int, order: _IdOrder) -> _Hits:
         """The items of this segment within distance r of each query, by (query, distance, rank)."""
+        if r == 0 and self.groups.distinct:
+            exact = self.groups.lookup(queries)
+            hit = np.flatnonzero(exact >= 0)
+            hits = _Hits(exact[hit], np.zeros(len(hit), np.int32), hit, len(queries))
+            return self.groups.expand(hits, order)
         if self.plan("radius", r) == "mih":
             found, _ = self._multi_index().within(queries, r)
         else:
             found = self._scan.within(queries, r)
-        return self.groups.expand(_Hits.of(found), rank)
+        return self.groups.expand(_Hits.of(found), order)
 
     def _multi_index(self) -> MultiIndex:
         if self._mih is None:
@@ -488,39 +617,41 @@ class _Segment:
     def _mih_cost(self, kind: str, value: int) -> float:
         """Estimated cost (ns per query) of MIH, from probing with a sample of indexed codes."""
         counts = self.groups.counts
+        scan_cost = self._scan_cost(kind, value)
         if counts.sum() == 0:
             return 0.0
         mih = self._multi_index()
-        if kind == "radius" and PROBE_COST * mih.probes_per_query(value // mih.substrings) > (
-            SCAN_COST * len(counts)
-        ):
-            return np.inf  # the probes alone cost more than a scan
         rng = np.random.default_rng(0)
         # sample items, not codes: queries resemble the items, and popular codes hold many
-        sample = self.groups.codes[
-            np.searchsorted(np.cumsum(counts), rng.integers(0, counts.sum(), _PLAN_SAMPLE), "right")
-        ]
+        picks = rng.integers(0, counts.sum(), _PLAN_SAMPLE)
+        sample = self.groups.codes[np.searchsorted(np.cumsum(counts), picks, side="right")]
         if kind == "radius":
-            level = value // mih.substrings
+            probes = mih.probes_per_query(value // mih.substrings)
+            if PROBE_COST * probes > scan_cost:
+                return np.inf  # the probes alone cost more than a scan
             _, verified = mih.within(sample, value)
-            return PROBE_COST * mih.probes_per_query(level) + CANDIDATE_COST * verified / len(sample)
-        k = min(value, int(counts.sum()))
-        cost = 0.0
-        active = sample
-        for level in range(max(self._bits, 1)):
-            if not len(active) or PROBE_COST * mih.probes_per_query(level) > SCAN_COST * len(counts):
-                return cost / len(sample) + SCAN_COST * len(counts) * len(active) / len(sample)
+            return PROBE_COST * probes + CANDIDATE_COST * verified / len(sample)
+        # a sampled code finds its own item at distance 0, which a new query would not: ask one more
+        k = min(value + 1, int(counts.sum()))
+        spent, active, level = 0.0, sample, 0
+        while len(active):
+            probes = mih.probes_per_query(level)
+            if PROBE_COST * probes > scan_cost:  # as in MultiIndex.nearest: the rest are scanned
+                spent += scan_cost * len(active)
+                break
             found, verified = mih.within(active, mih.certified_radius(level))
-            cost += (PROBE_COST * mih.probes_per_query(level)) * len(active) + CANDIDATE_COST * verified
-            active = active[[counts[g].sum() < k for g, _ in found]]
-        return cost / len(sample)
+            spent += PROBE_COST * probes * len(active) + CANDIDATE_COST * verified
+            active = active[[counts[groups].sum() < k for groups, _ in found]]
+            level += 1
+        return spent / len(sample)
 
 
-def _ranks(id_order: np.ndarray) -> np.ndarray:
-    """rank[i]: the position of item i in sorted id order, from that order."""
-    rank = np.empty(len(id_order), dtype=np.int64)
-    rank[id_order] = np.arange(len(id_order))
-    return rank
+def _code_keys(words: np.ndarray) -> np.ndarray:
+    """One uint64 per row of words (n x w): the word itself, or a multiplicative hash of several."""
+    keys = words[:, 0].copy()
+    for column in range(1, words.shape[1]):
+        keys = keys * np.uint64(0x9E3779B97F4A7C15) + words[:, column]
+    return keys
 
 
 def _resolve_backend(backend: str) -> str:

@@ -85,7 +85,9 @@ def load(path: str | Path, verify: bool = True) -> StoredIndex:
         if verify and _sha256(file) != entry["sha256"]:
             raise ValueError(f"checksum mismatch for {file}: the index is corrupt or was modified")
         arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
-    return StoredIndex(int(header["bits"]), int(header["count"]), header.get("model_version"), arrays)
+    return StoredIndex(
+        int(header["bits"]), int(header["count"]), header.get("model_version"), arrays
+    )
 
 
 def _sha256(file: Path) -> str:

@@ -32,12 +32,15 @@ __all__ = ["MultiIndex", "substring_count"]
 
 Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
 
-# rough costs on one core (numpy, measured with benchmarks/search.py): a probe (searchsorted into
-# a sorted table plus its bookkeeping) against one verified candidate and one scanned code
+# rough costs in ns on one core, measured on MNIST-1M codes (benchmarks/search.py): a probe
+# (searchsorted into a sorted table plus its bookkeeping), one verified candidate, one code of a
+# faiss scan, and one code a faiss top-k keeps in its heap and hands back
 PROBE_COST = 60.0
 CANDIDATE_COST = 25.0
-SCAN_COST = 1.6
+SCAN_COST = 0.5
+FETCH_COST = 400.0
 _MAX_PAIRS = 4_000_000  # candidate (query, code) pairs verified at once: bounds memory per call
+_MAX_CHUNK = 1024  # queries probed at once
 
 
 def substring_count(bits: int, codes: int) -> int:
@@ -69,6 +72,10 @@ class MultiIndex:
         offsets = np.append(first, len(values))
         return sorted_values[first], offsets, postings
 
+    def nbytes(self) -> int:
+        """Bytes of the tables and of the codes as words."""
+        return self._words.nbytes + sum(a.nbytes for table in self._tables for a in table)
+
     def probes_per_query(self, level: int) -> int:
         """Probes a query makes to search substring radii 0..level in every table."""
         return sum(_mask_total(stop - start, level) for start, stop in self._fields)
@@ -80,12 +87,18 @@ class MultiIndex:
     def within(self, queries: np.ndarray, radius: int) -> tuple[Candidates, int]:
         """Per query every code at distance <= radius, and the candidates verified to find them."""
         query_words = to_words(queries)
+        level = radius // self.substrings
         found: Candidates = []
-        verified = 0
-        for rows in self._chunks(len(queries), radius // self.substrings):
-            chunk, checked = self._probe(query_words[rows], radius // self.substrings, radius)
+        verified = start = 0
+        # chunks of queries sized from the candidates the previous chunk met: bounded memory
+        per_query = self.probes_per_query(level)
+        while start < len(queries):
+            size = int(np.clip(_MAX_PAIRS // max(per_query, 1), 1, _MAX_CHUNK))
+            chunk, checked = self._probe(query_words[start : start + size], level, radius)
             found.extend(chunk)
             verified += checked
+            per_query = max(per_query, checked // len(chunk))
+            start += size
         return found, verified
 
     def nearest(
@@ -122,16 +135,7 @@ class MultiIndex:
             level += 1
         return found
 
-    def _chunks(self, queries: int, level: int):
-        """Query index ranges sized so probes and (roughly) candidates stay bounded."""
-        per_query = max(self.probes_per_query(level), 1) * max(1, self._count // 4096)
-        size = int(np.clip(_MAX_PAIRS // per_query, 16, 1024))
-        for start in range(0, queries, size):
-            yield np.arange(start, min(start + size, queries))
-
-    def _probe(
-        self, query_words: np.ndarray, level: int, radius: int
-    ) -> tuple[Candidates, int]:
+    def _probe(self, query_words: np.ndarray, level: int, radius: int) -> tuple[Candidates, int]:
         """Probe substring radii 0..level for a chunk of queries; verify; keep distance <= radius."""
         query_rows, codes = [], []
         for (start, stop), (keys, offsets, postings) in zip(self._fields, self._tables):
@@ -176,7 +180,9 @@ def _masks(length: int, level: int) -> np.ndarray:
     """All ``length``-bit masks with at most ``level`` set bits, as uint64 (0 first)."""
     masks = [0]
     for flips in range(1, min(level, length) + 1):
-        masks.extend(sum(1 << b for b in combo) for combo in itertools.combinations(range(length), flips))
+        masks.extend(
+            sum(1 << b for b in combo) for combo in itertools.combinations(range(length), flips)
+        )
     return np.array(masks, dtype=np.uint64)
 
 

@@ -113,13 +113,14 @@ def test_multi_index_nearest_hands_costly_queries_to_the_fallback():
 def test_auto_scans_uniform_codes_and_probes_clustered_ones():
     rng = np.random.default_rng(1)
     uniform = fill(random_codes(rng, 20_000, 64), np.arange(20_000), 64, "faiss", "auto")
+    # top-k on uniform codes needs a wide radius: too many probes; a small radius needs few
     assert uniform.plan(k=10) == ["flat"]
     assert uniform.plan(k=1000) == ["flat"]
+    assert uniform.plan(radius=2) == ["mih"]
     clustered = fill(
         clustered_codes(rng, 20_000, 64, centres=50), np.arange(20_000), 64, "faiss", "auto"
     )
-    assert clustered.plan(radius=2) == ["mih"]
-    assert clustered.plan(k=100) in (["mih"], ["buckets"])
+    assert clustered.plan(k=100) in (["mih"], ["buckets"])  # grouped by code, not flat
     forced = fill(random_codes(rng, 100, 64), np.arange(100), 64, "faiss", "buckets")
     assert forced.plan(k=10) == forced.plan(radius=1) == ["buckets"]
     with pytest.raises(ValueError, match="exactly one"):
@@ -222,3 +223,38 @@ def test_version_1_directory_still_loads(tmp_path):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="strategy"):
         HammingIndex(64, strategy="lsh")
+
+
+def test_faiss_top_k_keeps_the_lowest_labels_among_ties():
+    # the flat strategy relies on this: codes stored in id order make faiss's top-k exact
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 256, (20_000, 2), dtype=np.uint8)  # 16 bits: huge tie groups
+    queries = rng.integers(0, 256, (5, 2), dtype=np.uint8)
+    index = faiss.IndexBinaryFlat(16)
+    index.add(codes)
+    distances = reference_distances(queries, codes)
+    for k in (1, 50, 700):
+        got_distances, labels = index.search(queries, k)
+        for row in range(len(queries)):
+            expected = np.lexsort((np.arange(len(codes)), distances[row]))[:k]
+            np.testing.assert_array_equal(labels[row], expected)
+            np.testing.assert_array_equal(got_distances[row], distances[row, expected])
+
+
+@pytest.mark.parametrize("strategy", ["buckets", "mih"])
+def test_top_k_looks_past_codes_whose_items_were_all_removed(strategy):
+    # the nearest 150 distinct codes lose their only item: a scan's fetch margin holds no live one
+    rng = np.random.default_rng(12)
+    query = random_codes(rng, 1, 64)
+    near_bits = np.repeat(np.unpackbits(query, bitorder="little")[None], 150, axis=0).astype(bool)
+    near_bits[np.arange(150), rng.permutation(64 * 3)[:150] % 64] ^= True
+    near = np.unique(pack_bits(near_bits), axis=0)
+    far = clustered_codes(rng, 850, 64, centres=4)
+    codes = np.concatenate([near, far])
+    ids = shuffled_ids(rng, len(codes))
+    index = fill(codes, ids, 64, "faiss", strategy)
+    index.search(query, 1)
+    index.remove(ids[: len(near)])
+    assert len(index._ids) == len(codes)  # tombstones, not compacted
+    assert_top_k_matches(index, query, far, ids[len(near) :], [1, 5, 40])
