@@ -37,8 +37,12 @@ def bare(recipe: Recipe) -> dict[str, float]:
     x, y = engine.images_to_tensor(images), torch.as_tensor(labels)
     torch.manual_seed(recipe.seed)
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1)
-    objective = engine.Objective(model, losses.build(recipe.method, bits=recipe.bits, num_classes=10))
-    optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
+    objective = engine.Objective(
+        model, losses.build(recipe.method, bits=recipe.bits, num_classes=10)
+    )
+    optimizer = engine.build_optimizer(
+        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
+    )
     augment = RandomAffine(generator=torch.Generator().manual_seed(1))
     rates = []
     for _ in range(recipe.epochs):
@@ -50,7 +54,10 @@ def bare(recipe: Recipe) -> dict[str, float]:
     start = time.perf_counter()
     engine.compute_outputs(model, ((x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)),
                            torch.device("cpu"))  # fmt: skip
-    return {"train_images_per_s": float(np.mean(rates)), "encode_images_per_s": len(x) / (time.perf_counter() - start)}
+    return {
+        "train_images_per_s": float(np.mean(rates)),
+        "encode_images_per_s": len(x) / (time.perf_counter() - start),
+    }
 
 
 def on_ray(recipe: Recipe, workdir: Path) -> dict[str, float]:
@@ -68,11 +75,16 @@ def on_ray(recipe: Recipe, workdir: Path) -> dict[str, float]:
                          tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")  # fmt: skip
     run = train(config, progress=False)
     encoded = encode(data, run["model_dir"], str(workdir / "codes"), progress=False)
-    return {"train_images_per_s": run["train_images_per_s"], "encode_images_per_s": encoded["images_per_s"]}
+    return {
+        "train_images_per_s": run["train_images_per_s"],
+        "encode_images_per_s": encoded["images_per_s"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     recipe = Recipe(epochs=args.epochs)
@@ -80,7 +92,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ray_rates = on_ray(recipe, Path(tmp))
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "recipe": recipe.to_dict(),
         "bare": bare_rates,
         "ray": ray_rates,
@@ -89,7 +105,10 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pipeline_throughput.json").write_text(json.dumps(result, indent=2))
-    lines = ["| stage | bare PyTorch (img/s) | Ray pipeline (img/s) | ratio Ray / bare |", "|---|---|---|---|"]
+    lines = [
+        "| stage | bare PyTorch (img/s) | Ray pipeline (img/s) | ratio Ray / bare |",
+        "|---|---|---|---|",
+    ]
     for key, label in (("train_images_per_s", "train"), ("encode_images_per_s", "encode")):
         lines.append(f"| {label} | {bare_rates[key]:.0f} | {ray_rates[key]:.0f} | "
                      f"{result['ratio_ray_over_bare'][key]:.2f} |")  # fmt: skip

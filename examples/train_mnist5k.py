@@ -32,7 +32,9 @@ def batches(images: torch.Tensor, labels: torch.Tensor, size: int, shuffle: torc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--method", default="adsh")
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)
@@ -55,7 +57,9 @@ def main() -> None:
     loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
     loss_fn.to(device)
     objective = engine.Objective(model, loss_fn)
-    optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
+    optimizer = engine.build_optimizer(
+        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
+    )
     scheduler = engine.build_scheduler(optimizer, recipe.epochs, recipe.warmup_epochs)
     shuffle = torch.Generator().manual_seed(recipe.seed)
     augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1))
@@ -75,8 +79,11 @@ def main() -> None:
         if val_map > best:
             best, best_state = val_map, copy.deepcopy(model.state_dict())
         if not args.json:
-            print(f"epoch {epoch + 1:2d}/{recipe.epochs}  loss {stats['loss']:.4f}  "
-                  f"val mAP {val_map:.4f}  {stats['images_per_s']:.0f} img/s", flush=True)
+            print(
+                f"epoch {epoch + 1:2d}/{recipe.epochs}  loss {stats['loss']:.4f}  "
+                f"val mAP {val_map:.4f}  {stats['images_per_s']:.0f} img/s",
+                flush=True,
+            )
 
     model.load_state_dict(best_state)
     result = engine.evaluate_retrieval(

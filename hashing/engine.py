@@ -22,8 +22,8 @@ from hashing.codes import pack_codes
 __all__ = [
     "Objective",
     "build_optimizer",
-    "classification_loss",
     "build_scheduler",
+    "classification_loss",
     "compute_outputs",
     "evaluate_retrieval",
     "images_to_tensor",
@@ -64,7 +64,9 @@ def build_scheduler(
         if epoch < warmup_epochs:
             return (epoch + 1) / (warmup_epochs + 1)
         progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # a float: checkpoints load weights_only
+        return 0.5 * (
+            1.0 + math.cos(math.pi * min(progress, 1.0))
+        )  # a float: checkpoints load weights_only
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -182,7 +184,9 @@ def evaluate_retrieval(
     q_codes, db_codes = pack_codes(q_out), pack_codes(db_out)
     return {
         f"map_{ties}": float(
-            metrics.mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=topk, ties=mode)
+            metrics.mean_average_precision(
+                q_codes, db_codes, q_labels, db_labels, topk=topk, ties=mode
+            )
         )
         for ties, mode in (("tie_aware", "aware"), ("id_order", "id"))
     }

@@ -118,7 +118,9 @@ class HashModel(nn.Module):
     def set_rotation(self, rotation: torch.Tensor | None) -> None:
         """Attach a (bits x bits) rotation applied by ``embed``; None removes it."""
         if rotation is not None and tuple(rotation.shape) != (self.bits, self.bits):
-            raise ValueError(f"rotation must be {self.bits}x{self.bits}, got {tuple(rotation.shape)}")
+            raise ValueError(
+                f"rotation must be {self.bits}x{self.bits}, got {tuple(rotation.shape)}"
+            )
         self.rotation = None if rotation is None else rotation.detach().float().clone()
 
 
@@ -138,7 +140,9 @@ def build(
     return model
 
 
-def save_model(model: HashModel, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: HashModel, directory: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model.pt`` (state dict) and ``model.json`` (config + ``extra``) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL_S3 or AWS)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, examples: list[str], run: Command) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, examples: list[str], run: Command
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   epilog=_examples(*examples),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -78,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                  "hashray encode --data data/mnist5k --model runs:/<run_id>/model --out codes/m"],
                 _encode)  # fmt: skip
     e.add_argument("--data", required=True, help="prepared dataset directory")
-    e.add_argument("--model", required=True, help="model dir, runs:/<id>/model or models:/<name>/<version>")
+    e.add_argument(
+        "--model", required=True, help="model dir, runs:/<id>/model or models:/<name>/<version>"
+    )
     e.add_argument("--out", required=True, help="codes output directory (one sub-folder per split)")
     e.add_argument("--splits", help="comma-separated splits (default: query,database)")
     e.add_argument("--batch-size", type=int, default=256)
@@ -96,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="where report.json and plots go (default: the codes directory)")
     v.add_argument("--radius", type=int, default=2, help="Hamming radius for precision (default 2)")
     v.add_argument("--topk", type=int, help="mAP cut-off (default: all)")
-    v.add_argument("--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)")
+    v.add_argument(
+        "--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)"
+    )
 
     d = command("demo", "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
                 ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
@@ -117,9 +123,13 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
                  "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db --model models:/hashray-m/1"],
                 _serve)  # fmt: skip
     s.add_argument("--codes", required=True, help="codes directory (local or s3://) to serve")
-    s.add_argument("--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only")
+    s.add_argument(
+        "--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only"
+    )
     s.add_argument("--shards", type=int, default=1, help="index shards (default 1)")
-    s.add_argument("--replicas", type=int, default=1, help="replicas per shard and encoder (default 1)")
+    s.add_argument(
+        "--replicas", type=int, default=1, help="replicas per shard and encoder (default 1)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
 
@@ -134,7 +144,9 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     query.add_argument("--image", help="query by this image file (the service needs --model)")
     q.add_argument("--k", type=int, default=10, help="number of results (default 10)")
     q.add_argument("--radius", type=int, help="only results within this Hamming distance")
-    q.add_argument("--url", help="service URL (default http://127.0.0.1:8000); token: $HASHRAY_API_TOKEN")
+    q.add_argument(
+        "--url", help="service URL (default http://127.0.0.1:8000); token: $HASHRAY_API_TOKEN"
+    )
 
 
 def _add_train_options(t: argparse.ArgumentParser) -> None:
@@ -152,7 +164,9 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
     t.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 0.5)")
-    t.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; > 0 trains on GPU with nccl")
+    t.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per worker; > 0 trains on GPU with nccl"
+    )
     t.add_argument("--max-failures", type=int, help="worker failures to recover from (default 0)")
     t.add_argument("--experiment", help="MLflow experiment (default hashray)")
     t.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # interruption drills
@@ -168,7 +182,10 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     meta = prepare(args.source, args.out, path=args.path, protocol=args.protocol, seed=args.seed,
                    image_size=args.image_size, mode=args.mode, classes=classes,
                    source_options=options, progress=not args.json)  # fmt: skip
-    _say(args, f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}")
+    _say(
+        args,
+        f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}",
+    )
     return meta
 
 
@@ -231,7 +248,9 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.serve import ServeArgs, run_service
 
-    config = ServeArgs(codes=args.codes, model=args.model, shards=args.shards, replicas=args.replicas)
+    config = ServeArgs(
+        codes=args.codes, model=args.model, shards=args.shards, replicas=args.replicas
+    )
 
     def ready(url: str, info: dict[str, Any]) -> None:
         _say(args, f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "

@@ -47,7 +47,9 @@ class TrainConfig:
         """Deterministic run name: the same recipe resumes the same run, a changed one starts anew."""
         if self.name:
             return self.name
-        digest = hashlib.sha256(json.dumps(self.recipe.to_dict(), sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(
+            json.dumps(self.recipe.to_dict(), sort_keys=True).encode()
+        ).hexdigest()
         return f"{dataset_name}-{self.recipe.method}-{self.recipe.bits}-{digest[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +75,9 @@ def load_train_config(
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping, got {type(loaded).__name__}")
+            raise ValueError(
+                f"{path}: a config file must hold a mapping, got {type(loaded).__name__}"
+            )
         values.update(loaded)
     recipe_values = dict(values.pop("recipe", None) or {})
     for key, value in (overrides or {}).items():

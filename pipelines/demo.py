@@ -36,7 +36,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage into ``out``; returns the evaluation report (what ``--json`` prints)."""
     root = Path(out).resolve()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else (lambda *a: print(*a, flush=True))
+    say = (
+        (lambda *a: print(*a, file=sys.stderr, flush=True))
+        if quiet
+        else (lambda *a: print(*a, flush=True))
+    )
     started = cluster.connect()
     try:
         data = str(root / "data" / "mnist5k")
@@ -44,7 +48,9 @@ def run_demo(
         prepare("mnist5k", data, progress=not quiet)
 
         config = _demo_config(data, root, method, bits, epochs, workers)
-        say(f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, {workers} Ray Train worker(s)")
+        say(
+            f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, {workers} Ray Train worker(s)"
+        )
         run = train(config, progress=not quiet)
 
         codes = str(root / "codes" / f"mnist5k-{method}-{bits}")
@@ -52,7 +58,9 @@ def run_demo(
         encode(data, run["model_dir"], codes, progress=not quiet)
 
         say("[4/5] evaluate")
-        report = evaluate(codes, mlflow_run_id=run["mlflow_run_id"], tracking_uri=run["tracking_uri"])
+        report = evaluate(
+            codes, mlflow_run_id=run["mlflow_run_id"], tracking_uri=run["tracking_uri"]
+        )
         say("[5/5] query: the first query digit's nearest database codes")
         report["example_query"] = _example_query(codes)
     finally:
@@ -64,7 +72,9 @@ def run_demo(
     return report
 
 
-def _demo_config(data: str, root: Path, method: str, bits: int, epochs: int | None, workers: int) -> TrainConfig:
+def _demo_config(
+    data: str, root: Path, method: str, bits: int, epochs: int | None, workers: int
+) -> TrainConfig:
     overrides = {"method": method, "bits": bits, "epochs": epochs, "workers": workers,
                  "out": str(root / "runs"), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}  # fmt: skip
     return load_train_config(DEMO_CONFIG, data, overrides)
@@ -88,7 +98,9 @@ def _example_query(codes_dir: str, k: int = 5) -> dict[str, Any]:
 
 def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
     example = report["example_query"]
-    hits = ", ".join(f"{r['id']} (d={r['distance']}, label {r['labels']})" for r in example["results"])
+    hits = ", ".join(
+        f"{r['id']} (d={r['distance']}, label {r['labels']})" for r in example["results"]
+    )
     return "\n".join([
         "",
         (
@@ -110,4 +122,3 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     print(json.dumps(run_demo(), indent=2, default=str))
-

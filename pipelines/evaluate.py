@@ -97,21 +97,30 @@ def evaluate(
                 storage.write_bytes(storage.join(out, path.name), path.read_bytes())
             report["files"] = [storage.join(out, path.name) for path in files]
         report["mlflow_logged"] = bool(run_id) and _log_to_run(
-            tracking_uri or default_tracking_uri(), run_id, report, files, explicit=bool(mlflow_run_id)
+            tracking_uri or default_tracking_uri(),
+            run_id,
+            report,
+            files,
+            explicit=bool(mlflow_run_id),
         )
     return report
 
 
-def _log_to_run(uri: str, run_id: str, report: dict[str, Any], files: list[Path], *, explicit: bool) -> bool:
+def _log_to_run(
+    uri: str, run_id: str, report: dict[str, Any], files: list[Path], *, explicit: bool
+) -> bool:
     """Log into the run; a run id read from the codes may live in another store: warn, don't fail."""
     try:
         tracking.log_report(uri, run_id, mlflow_metrics(report), files)
     except MlflowException as err:
         if explicit:
-            raise ValueError(f"cannot log the report to MLflow run {run_id}: {err.message}") from err
+            raise ValueError(
+                f"cannot log the report to MLflow run {run_id}: {err.message}"
+            ) from err
         log.warning(
             "MLflow run %s (named in the codes) is not in this tracking store; the report was not "
-            "logged. Set MLFLOW_TRACKING_URI to the store the model was trained with.", run_id
+            "logged. Set MLFLOW_TRACKING_URI to the store the model was trained with.",
+            run_id,
         )
         return False
     return True

@@ -68,7 +68,9 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), inner_path(path)
     endpoint = s3_endpoint()
     kwargs: dict[str, Any] = {
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        "region": os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
     }
     if endpoint:
         url = urlparse(endpoint)

@@ -31,10 +31,14 @@ def start_run(tracking_uri: str, experiment: str, run_name: str, params: dict[st
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        experiment_id = client.create_experiment(experiment, artifact_location=_artifact_root(tracking_uri))
+        experiment_id = client.create_experiment(
+            experiment, artifact_location=_artifact_root(tracking_uri)
+        )
     run = client.create_run(experiment_id, run_name=run_name, tags={"hashray.run_name": run_name})
     flat = {k: v for k, v in flatten(params).items() if not _SECRET_KEY.search(k)}
-    client.log_batch(run.info.run_id, params=[Param(k, _redact(str(v))[:6000]) for k, v in flat.items()])
+    client.log_batch(
+        run.info.run_id, params=[Param(k, _redact(str(v))[:6000]) for k, v in flat.items()]
+    )
     return run.info.run_id
 
 
@@ -51,7 +55,11 @@ class RunLogger:
 
 
 def finish_run(
-    tracking_uri: str, run_id: str, model_dir: Path, history: list[dict[str, Any]], register_as: str | None
+    tracking_uri: str,
+    run_id: str,
+    model_dir: Path,
+    history: list[dict[str, Any]],
+    register_as: str | None,
 ) -> str | None:
     """Log the model directory and training curves, register the model, mark the run finished.
 
@@ -68,7 +76,9 @@ def finish_run(
         try:
             client.create_registered_model(register_as)
         except Exception as err:  # already registered: add a version to it
-            if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(
+                err
+            ):
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         created = client.create_model_version(register_as, source, run_id=run_id)
@@ -77,7 +87,9 @@ def finish_run(
     return version
 
 
-def log_report(tracking_uri: str, run_id: str, metrics: dict[str, float], files: list[Path]) -> None:
+def log_report(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], files: list[Path]
+) -> None:
     """Attach evaluation metrics and report files to an existing run."""
     client = MlflowClient(tracking_uri)
     _log_metrics(client, run_id, metrics, step=0)
@@ -95,7 +107,7 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], ste
 def _artifact_root(tracking_uri: str) -> str | None:
     """Absolute artifact root beside a local store (the default is relative to the cwd)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     if tracking_uri.startswith("file:") or "://" not in tracking_uri:
         return None  # a file store keeps artifacts inside itself
     return None  # a tracking server decides (e.g. its S3 artifact root)

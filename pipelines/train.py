@@ -70,14 +70,18 @@ def train(
         tracking_uri, config.experiment, name, params=config.to_dict()
     )
     storage.write_json(str(run_dir / "config.json"), config.to_dict())
-    storage.write_json(str(run_file), {"name": name, "status": "running", "mlflow_run_id": mlflow_run_id})
+    storage.write_json(
+        str(run_file), {"name": name, "status": "running", "mlflow_run_id": mlflow_run_id}
+    )
 
     # Workers print one line per epoch; Ray Data's per-operator bars would bury it.
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
     fit_ids, val_ids, val_db_ids = _validation_split(dataset, config)
-    storage.write_json(str(run_dir / "split.json"), {"validation": val_ids, "seed": config.recipe.seed})
+    storage.write_json(
+        str(run_dir / "split.json"), {"validation": val_ids, "seed": config.recipe.seed}
+    )
     loop_config = {
         "recipe": config.recipe.to_dict(),
         "num_classes": dataset.num_classes,
@@ -130,10 +134,14 @@ def train(
         storage.write_json(str(run_file), summary)
         return summary
 
-    model = models.build(config.recipe.backbone, bits=config.recipe.bits, in_channels=dataset.image_shape[2])
+    model = models.build(
+        config.recipe.backbone, bits=config.recipe.bits, in_channels=dataset.image_shape[2]
+    )
     model.load_state_dict(state["best_model"])
     if rotation != "none":
-        model.set_rotation(_fit_rotation(model, rotation, dataset, val_ids + val_db_ids, config.recipe.seed))
+        model.set_rotation(
+            _fit_rotation(model, rotation, dataset, val_ids + val_db_ids, config.recipe.seed)
+        )
     model_dir = run_dir / "model"
     models.save_model(model, model_dir, extra={
         "method": config.recipe.method,
@@ -146,7 +154,11 @@ def train(
         "rotation": rotation, "pretrain_epochs": pretrain_epochs,
     })  # fmt: skip
     registered = tracking.finish_run(
-        tracking_uri, mlflow_run_id, model_dir, state["history"], register_as=config.register_as or f"hashray-{name}"
+        tracking_uri,
+        mlflow_run_id,
+        model_dir,
+        state["history"],
+        register_as=config.register_as or f"hashray-{name}",
     )
     summary.update(status="finished", model_dir=str(model_dir), model_uri=f"runs:/{mlflow_run_id}/model",
                    registered_model=registered)  # fmt: skip
@@ -177,7 +189,9 @@ def _fit_rotation(
     return torch.as_tensor(rotation, dtype=torch.float32)
 
 
-def _validation_split(dataset: PreparedDataset, config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+def _validation_split(
+    dataset: PreparedDataset, config: TrainConfig
+) -> tuple[list[str], list[str], list[str]]:
     """(fit ids, validation query ids, validation database ids), all sorted; seeded by the recipe."""
     ids = np.sort(_read_column(dataset.split_files("train"), "id"))
     keep, held = splits.holdout(len(ids), config.recipe.val_fraction, seed=config.recipe.seed)
@@ -195,14 +209,20 @@ def _validation_split(dataset: PreparedDataset, config: TrainConfig) -> tuple[li
 def _read_column(files: list[str], column: str) -> np.ndarray:
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
-    return pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=[column])[column].to_numpy(zero_copy_only=False)
+    return (
+        pads.dataset(paths, filesystem=fs, format="parquet")
+        .to_table(columns=[column])[column]
+        .to_numpy(zero_copy_only=False)
+    )
 
 
 def _load_rows(files: list[str], ids: list[str], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images (n x H x W x C) and multi-hot labels of the rows with ``ids``, in id order."""
     fs, _ = storage.filesystem(files[0])
     data = pads.dataset([storage.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
-    table = data.to_table(columns=["id", "image", "labels"], filter=pc.field("id").isin(ids)).sort_by("id")
+    table = data.to_table(
+        columns=["id", "image", "labels"], filter=pc.field("id").isin(ids)
+    ).sort_by("id")
     return _decode({"image": table["image"].to_numpy(zero_copy_only=False),
                     "labels": table["labels"].to_pylist()}, num_classes).values()  # fmt: skip
 
@@ -225,8 +245,12 @@ def _training_dataset(dataset: PreparedDataset, fit_ids: list[str]) -> ray.data.
     keep = set(fit_ids)
 
     def select_and_decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mask = np.fromiter((row_id in keep for row_id in batch["id"]), dtype=bool, count=len(batch["id"]))
-        return _decode({"image": batch["image"][mask], "labels": batch["labels"][mask]}, dataset.num_classes)
+        mask = np.fromiter(
+            (row_id in keep for row_id in batch["id"]), dtype=bool, count=len(batch["id"])
+        )
+        return _decode(
+            {"image": batch["image"][mask], "labels": batch["labels"][mask]}, dataset.num_classes
+        )
 
     decoded = dataset.read_split("train").map_batches(select_and_decode, batch_format="numpy")
     height, width, channels = dataset.image_shape
@@ -246,28 +270,41 @@ def _train_loop(cfg: dict[str, Any]) -> None:
 
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=cfg["in_channels"],
                          pretrained_path=recipe.pretrained_path)  # fmt: skip
-    loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params)
+    loss_fn = losses.build(
+        recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params
+    )
     pretrain_epochs, _ = recipe.stage_plan(loss_fn.stages)
     total_epochs = pretrain_epochs + recipe.epochs
-    objective = engine.Objective(model, loss_fn, num_classes=cfg["num_classes"] if pretrain_epochs else None)
-    optimizer = engine.build_optimizer(objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay)
+    objective = engine.Objective(
+        model, loss_fn, num_classes=cfg["num_classes"] if pretrain_epochs else None
+    )
+    optimizer = engine.build_optimizer(
+        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
+    )
     scheduler = engine.build_scheduler(optimizer, total_epochs, recipe.warmup_epochs)
     state = {"epoch": -1, "best_epoch": -1, "best_val_map": -1.0, "best_model": None, "history": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(
+                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
+            )
         objective.load_state_dict(state.pop("objective"))
         optimizer.load_state_dict(state.pop("optimizer"))
         scheduler.load_state_dict(state.pop("scheduler"))
     # The classifier (pre-training) and the loss (hashing) each sit idle in one phase.
     ddp_kwargs = {"find_unused_parameters": True} if pretrain_epochs else None
     objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs=ddp_kwargs)
-    augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state["epoch"] + 1))
+    augment = RandomAffine(
+        generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state["epoch"] + 1)
+    )
 
     validation, logger = None, None
     if rank == 0:
-        validation = [_load_rows(cfg["train_files"], cfg[key], cfg["num_classes"]) for key in ("val_ids", "val_db_ids")]
+        validation = [
+            _load_rows(cfg["train_files"], cfg[key], cfg["num_classes"])
+            for key in ("val_ids", "val_db_ids")
+        ]
         logger = tracking.RunLogger(cfg["tracking_uri"], cfg["mlflow_run_id"])
 
     shard = ray.train.get_dataset_shard("train")
@@ -309,13 +346,20 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             break
 
 
-def _validate(model: torch.nn.Module, validation: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> float:
+def _validate(
+    model: torch.nn.Module, validation: list[tuple[np.ndarray, np.ndarray]], device: torch.device
+) -> float:
     """Tie-aware mAP@all of validation queries against the validation database."""
     (q_images, q_labels), (db_images, db_labels) = validation
 
     def batches(images: np.ndarray, labels: np.ndarray):
         for start in range(0, len(images), 512):
-            yield engine.images_to_tensor(images[start : start + 512], PIXEL_MEAN, PIXEL_STD), labels[start : start + 512]
+            yield (
+                engine.images_to_tensor(images[start : start + 512], PIXEL_MEAN, PIXEL_STD),
+                labels[start : start + 512],
+            )
 
-    result = engine.evaluate_retrieval(model, batches(q_images, q_labels), batches(db_images, db_labels), device)
+    result = engine.evaluate_retrieval(
+        model, batches(q_images, q_labels), batches(db_images, db_labels), device
+    )
     return float(result["map_tie_aware"])  # a plain float: checkpoints load with weights_only=True

@@ -46,8 +46,13 @@ def test_hamming_distance_matches_bit_count() -> None:
 
 @pytest.mark.parametrize(
     ("text", "bits", "message"),
-    [("abc", 16, "4 hex digits"), ("zz", 8, "not a hex"), ("", 8, "2 hex digits"),
-     ("fff0", 12, "padding bits"), ("00", 0, "positive")],
+    [
+        ("abc", 16, "4 hex digits"),
+        ("zz", 8, "not a hex"),
+        ("", 8, "2 hex digits"),
+        ("fff0", 12, "padding bits"),
+        ("00", 0, "positive"),
+    ],
 )
 def test_from_hex_errors(text: str, bits: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):

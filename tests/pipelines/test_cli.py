@@ -37,10 +37,15 @@ def test_console_script_is_installed() -> None:
         (["train", "--data", "no/such/dir"], "run hashray prepare first"),
         (["evaluate"], "give --codes DIR"),
         (["evaluate", "--codes", "no/such/codes"], "re-run hashray encode"),
-        (["prepare", "--source", "parquet", "--path", "t", "--out", "o", "--option", "image"], "KEY=VALUE"),
+        (
+            ["prepare", "--source", "parquet", "--path", "t", "--out", "o", "--option", "image"],
+            "KEY=VALUE",
+        ),
     ],
 )
-def test_errors_exit_2_with_advice(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+def test_errors_exit_2_with_advice(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -59,12 +64,16 @@ def test_s3_endpoint_flag_reaches_boto3_and_pyarrow(monkeypatch: pytest.MonkeyPa
     from pipelines import storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://before:1")  # restored afterwards
-    assert main(["--s3-endpoint", "http://127.0.0.1:9", "evaluate"]) == 2  # fails after the flag applies
+    assert (
+        main(["--s3-endpoint", "http://127.0.0.1:9", "evaluate"]) == 2
+    )  # fails after the flag applies
     assert storage.s3_endpoint() == "http://127.0.0.1:9"
 
 
 def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
-    config = load_train_config(REPO / "configs" / "mnist5k-adsh-32.yaml", "data/x", {"bits": 48, "workers": None})
+    config = load_train_config(
+        REPO / "configs" / "mnist5k-adsh-32.yaml", "data/x", {"bits": 48, "workers": None}
+    )
     assert config.recipe.bits == 48  # flag beats YAML
     assert config.recipe.method == "adsh" and config.workers == 1  # YAML, and None falls through
     bad = tmp_path / "bad.yaml"

@@ -48,12 +48,17 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_prepare_train_resume_encode_evaluate(ray_cluster, digits_folder: Path, tmp_path: Path) -> None:
+def test_prepare_train_resume_encode_evaluate(
+    ray_cluster, digits_folder: Path, tmp_path: Path
+) -> None:
     data = str(tmp_path / "data")
     meta = prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
     assert meta["counts"] == {"input": 10 * PER_CLASS + len(CORRUPT), "kept": 10 * PER_CLASS,
                               "skipped": len(CORRUPT)}  # fmt: skip
-    assert sorted(s["source"].split("/", 1)[-1] if "/" in s["source"] else s["source"] for s in meta["skipped"])
+    assert sorted(
+        s["source"].split("/", 1)[-1] if "/" in s["source"] else s["source"]
+        for s in meta["skipped"]
+    )
     assert {Path(s["source"]).name for s in meta["skipped"]} == {Path(n).name for n in CORRUPT}
     assert all(s["reason"] for s in meta["skipped"])
 
@@ -79,7 +84,10 @@ def test_prepare_train_resume_encode_evaluate(ray_cluster, digits_folder: Path, 
     client = MlflowClient(config.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("hashray").experiment_id])
     assert [r.info.run_id for r in runs] == [resumed["mlflow_run_id"]]  # resumed, not duplicated
-    assert [m.step for m in client.get_metric_history(resumed["mlflow_run_id"], "val_map")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(resumed["mlflow_run_id"], "val_map")] == [
+        1,
+        2,
+    ]
     assert runs[0].info.status == "FINISHED"
     assert "model" in {a.path for a in client.list_artifacts(resumed["mlflow_run_id"])}
     assert resumed["registered_model"].endswith("/1")
@@ -94,7 +102,9 @@ def test_prepare_train_resume_encode_evaluate(ray_cluster, digits_folder: Path, 
     assert all(len(v) == len(set(v)) for v in ids.values())
     assert summary["splits"]["query"]["rows"] == len(ids["query"])
 
-    report = evaluate(codes, mlflow_run_id=resumed["mlflow_run_id"], tracking_uri=config.tracking_uri)
+    report = evaluate(
+        codes, mlflow_run_id=resumed["mlflow_run_id"], tracking_uri=config.tracking_uri
+    )
     assert report["n_queries"] == len(ids["query"]) and report["n_database"] == len(ids["database"])
     assert 0.2 < report["map_tie_aware"] <= 1.0  # 10 balanced classes: chance is ~0.1
     logged = client.get_run(resumed["mlflow_run_id"]).data.metrics
@@ -146,7 +156,9 @@ def test_multilabel_manifest_trains_with_dynamic_softmax(ray_cluster, tmp_path: 
 
 
 @pytest.mark.slow
-def test_demo_json_reports_the_run(ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_json_reports_the_run(
+    ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("method", "bits", "protocol", "map_tie_aware", "map_id_order", "precision_radius_2",
