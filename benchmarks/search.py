@@ -28,7 +28,8 @@ radius), 100 for the numpy scan, 20 for forced MIH on uniform codes. All cores (
 and uniform, faiss flat and auto): top-100 and radius-2 on 200 queries.
 
 Run: ``nice python benchmarks/search.py --codes /tmp/hashray-bench`` (reads codes{bits}/database and
-codes{bits}/query there) -> benchmarks/results/search.{json,md,png}.
+codes{bits}/query there) -> benchmarks/results/search.{json,md,png}. ``--workloads`` reruns a few
+workloads and ``--merge`` the earlier JSON: rows the rerun measured replace the earlier ones.
 """
 
 from __future__ import annotations
@@ -288,7 +289,11 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# Exact Hamming search: hashray strategies vs faiss",
         "",
-        "Commands (each run wrote part of the grid; a later run merged the earlier JSON):",
+        (
+            "Commands (each run wrote part of the grid; a later run merged the earlier JSON, its"
+            " rows replacing those it re-measured: a workload's numbers come from the last"
+            " command that ran it):"
+        ),
         *[f"- `{command}`" for command in report["commands"]],
         "",
         (
@@ -356,6 +361,11 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append("")
     lines += ["## Targets", ""] + [f"- {t}" for t in report["targets"]] + [""]
     path.write_text("\n".join(lines))
+
+
+def row_key(row: dict) -> tuple:
+    """What a result row measured: a rerun's row replaces an earlier one with the same key."""
+    return (row["workload"], row["bits"], row["method"], row["threads"], row["operation"])
 
 
 def op_order(operation: str) -> tuple[int, int]:
@@ -471,7 +481,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed calls after the warm-up")
     parser.add_argument("--out", type=Path, default=RESULTS / "search")
     parser.add_argument(
-        "--merge", type=Path, nargs="*", default=[], help="earlier search.json runs to include"
+        "--workloads",
+        default="",
+        help="run only these workloads, as name/bits (e.g. mnist-1M/64,uniform-1M/32)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier search.json runs to include; rows this run re-measures replace theirs",
     )
     args = parser.parse_args()
 
@@ -499,21 +518,27 @@ def main() -> None:
                 plans[sizes.index(1_000_000)][0],
                 Grid(KS, RADII, methods, all_cores=True, radius_queries=200),
             )
+        if args.workloads:
+            plans = [(w, g) for w, g in plans if f"{w.name}/{bits}" in args.workloads.split(",")]
         for workload, grid in plans:
             distinct[f"{workload.name}/{bits}"] = distinct_ratio(workload.codes)
             results.extend(bench_workload(workload, grid, args.repeats))
             del workload
             gc.collect()
 
-    options = {k: v for k, v in vars(args).items() if k != "merge"}
+    options = {k: v for k, v in vars(args).items() if v not in ("", [])}
     commands = [
         "nice .venv/bin/python benchmarks/search.py "
-        + " ".join(f"--{k} {v}" for k, v in options.items())
+        + " ".join(
+            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in options.items()
+        )
     ]
-    for earlier in args.merge:  # runs of other code lengths, made before
+    measured = {row_key(r) for r in results}
+    for earlier in args.merge:  # other workloads or code lengths, measured before
         previous = json.loads(earlier.read_text())
         commands = previous["commands"] + commands
-        results = previous["results"] + results
+        results = [r for r in previous["results"] if row_key(r) not in measured] + results
         distinct = previous["distinct_ratio"] | distinct
     report = {
         "commands": commands,

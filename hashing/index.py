@@ -25,7 +25,8 @@ Strategies (``strategy=``), all exact and identical in their answers:
   buckets otherwise; then per query kind (top-k for a k, radius r) multi-index hashing when its
   cost is below a scan's. Both costs are estimates in ns from counts measured on the index (codes
   scanned, probes made and candidates met by 64 indexed codes searched as queries) times per-unit
-  costs measured on MNIST-1M (hashing/mih.py), so the choice is deterministic. Even then a top-k
+  costs fitted to timings on MNIST-1M and uniform codes (hashing/mih.py; a probe and a candidate
+  cost more once the codes outgrow the cache), so the choice is deterministic. Even then a top-k
   query whose next probe level would cost more than a scan is scanned instead. ``plan`` says what
   a query would use.
 
@@ -41,7 +42,9 @@ more threads than free cores made it several times slower, so give each process 
 as many faiss threads as it has CPUs (OMP_NUM_THREADS). Speeds: benchmarks/search.py.
 
 Memory: a query holds the groups within its k-th distance (or radius) at once, and queries run in
-chunks of ``_QUERY_CHUNK``. Save format: hashing/index_store.py.
+chunks of ``_QUERY_CHUNK``. Radius answers on learned codes run to thousands of items a query:
+their hits are sorted by (distance, rank) one query at a time on 32-bit keys, and ids are
+gathered once for the whole chunk. Save format: hashing/index_store.py.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ import numpy as np
 from hashing import index_store
 from hashing.codes import code_bytes, to_words
 from hashing.hamming_scan import SCANS, Candidates, FaissScan
-from hashing.mih import CANDIDATE_COST, FETCH_COST, PROBE_COST, SCAN_COST, MultiIndex
+from hashing.mih import FETCH_COST, SCAN_COST, MultiIndex
 
 __all__ = ["STRATEGIES", "HammingIndex"]
 
@@ -66,6 +69,7 @@ _QUERY_CHUNK = 1024  # queries per backend call: bounds the result buffers, keep
 _FLAT_RATIO = 0.9  # distinct codes per item above which grouping by code saves nothing
 _COMPACT_FRACTION = 0.25  # dead items or new-segment items, as a share of all, that trigger compact
 _PLAN_SAMPLE = 64  # indexed codes used as queries to measure the cost of multi-index hashing
+_SORT_PER_QUERY = 256  # hits per query from which each query's hits are sorted on their own
 
 
 class HammingIndex:
@@ -218,7 +222,7 @@ class HammingIndex:
             )
             if len(segments) > 1:
                 hits = hits.sorted(self._order)
-            ids = self._ids[hits.items]
+            ids = self._ids.take(hits.items)  # take: a quarter faster than [] on millions of hits
             results.extend(
                 (hits.distances[a:b], ids[a:b]) for a, b in itertools.pairwise(hits.bounds())
             )
@@ -434,13 +438,19 @@ class _IdOrder:
 
     rank: np.ndarray  # (n,) rank[i]: position of ids[i] in sorted id order
     by_rank: np.ndarray  # (n,) by_rank[j]: the item of rank j
+    identity: bool  # items are already in id order (a loaded index, ids added sorted): rank == item
 
     @classmethod
     def of(cls, by_rank: np.ndarray) -> _IdOrder:
         """From the items in sorted id order (an argsort of the ids)."""
         rank = np.empty(len(by_rank), dtype=np.int64)
-        rank[by_rank] = np.arange(len(by_rank))
-        return cls(rank, by_rank)
+        positions = np.arange(len(by_rank))
+        rank[by_rank] = positions
+        return cls(rank, by_rank, bool(np.array_equal(by_rank, positions)))
+
+    def items_of(self, ranks: np.ndarray) -> np.ndarray:
+        """The items of these ranks (no gather when items are in id order)."""
+        return ranks if self.identity else self.by_rank.take(ranks)
 
 
 @dataclass(frozen=True)
@@ -496,14 +506,27 @@ class _Hits:
         order: _IdOrder,
     ) -> _Hits:
         """Items given by rank, ordered by (query, distance, rank)."""
-        # one int64 key holding all three, sorted in place and decoded with shifts, beats a
-        # lexsort and the gathers an argsort needs several times over
         rank_bits = max(len(order.rank) - 1, 1).bit_length()
         distance_bits = int(distances.max() if len(distances) else 0).bit_length()
+        grouped = not len(query) or bool(np.all(query[1:] >= query[:-1]))
+        if grouped and len(ranks) >= _SORT_PER_QUERY * queries:
+            # big answers (radius searches on learned codes): sorting each query's block alone
+            # keeps it in cache, and without the query in it the key fits 32 bits (3x faster)
+            key_type = np.uint32 if distance_bits + rank_bits <= 32 else np.uint64
+            keys = distances.astype(key_type) << key_type(rank_bits)
+            keys |= ranks.astype(key_type, copy=False)
+            bounds = np.searchsorted(query, np.arange(queries + 1))
+            for row in np.flatnonzero(np.diff(bounds) > 1):
+                keys[bounds[row] : bounds[row + 1]].sort()
+            ranks = (keys & key_type((1 << rank_bits) - 1)).astype(np.int64)
+            distances = (keys >> key_type(rank_bits)).astype(np.int32)
+            return cls(order.items_of(ranks), distances, query, queries)
+        # one int64 key holding all three, sorted in place and decoded with shifts, beats a
+        # lexsort and the gathers an argsort needs several times over
         keys = (query << (distance_bits + rank_bits)) | (distances.astype(np.int64) << rank_bits)
         keys |= ranks
         keys.sort()
-        items = order.by_rank[keys & ((1 << rank_bits) - 1)]
+        items = order.items_of(keys & ((1 << rank_bits) - 1))
         keys >>= rank_bits
         distances = (keys & ((1 << distance_bits) - 1)).astype(np.int32)
         return cls(items, distances, keys >> distance_bits, queries)
@@ -555,9 +578,17 @@ class _Segment:
     def _scan_cost(self, kind: str, value: int) -> float:
         """Estimated cost (ns per query) of a full scan of the group codes."""
         cost = SCAN_COST * len(self.groups.codes)
-        if kind == "top":  # the scan's top-k keeps a heap of a margin past k codes
-            cost += FETCH_COST * min(len(self.groups.codes), 2 * value + 16)
+        if kind == "top":  # faiss's heap hands back k codes, or a margin past k to cut ties
+            fetch = value if self._ranks_directly else 2 * value + 16
+            cost += FETCH_COST * min(len(self.groups.codes), fetch)
         return cost
+
+    @property
+    def _ranks_directly(self) -> bool:
+        """One live item per code, codes in rank order: faiss's own top-k is the answer."""
+        return (
+            isinstance(self._scan, FaissScan) and not self.groups.distinct and self.groups.no_empty
+        )
 
     def top_k(self, queries: np.ndarray, k: int, order: _IdOrder) -> tuple[np.ndarray, np.ndarray]:
         """Per query its best k items of this segment (fewer if it holds fewer): 2 (q x k) arrays."""
@@ -583,8 +614,7 @@ class _Segment:
     ) -> tuple[np.ndarray, np.ndarray]:
         counts = self.groups.counts
         plan = self.plan("top", k)
-        if plan == "flat" and isinstance(self._scan, FaissScan) and self.groups.no_empty:
-            # one live item per code, codes in rank order: faiss's own top-k is the answer
+        if plan == "flat" and self._ranks_directly:
             labels, distances = self._scan.ranked(queries, k)
             return self.groups.members[labels], distances
         scan = partial(self._scan.nearest, counts=counts, k=k)
@@ -627,20 +657,21 @@ class _Segment:
         sample = self.groups.codes[np.searchsorted(np.cumsum(counts), picks, side="right")]
         if kind == "radius":
             probes = mih.probes_per_query(value // mih.substrings)
-            if PROBE_COST * probes > scan_cost:
+            if mih.probe_cost * probes > scan_cost:
                 return np.inf  # the probes alone cost more than a scan
             _, verified = mih.within(sample, value)
-            return PROBE_COST * probes + CANDIDATE_COST * verified / len(sample)
+            return mih.probe_cost * probes + mih.candidate_cost * verified / len(sample)
         # a sampled code finds its own item at distance 0, which a new query would not: ask one more
         k = min(value + 1, int(counts.sum()))
         spent, active, level = 0.0, sample, 0
         while len(active):
             probes = mih.probes_per_query(level)
-            if PROBE_COST * probes > scan_cost:  # as in MultiIndex.nearest: the rest are scanned
+            # as in MultiIndex.nearest: once probing costs more than a scan, the rest are scanned
+            if mih.probe_cost * probes > scan_cost:
                 spent += scan_cost * len(active)
                 break
             found, verified = mih.within(active, mih.certified_radius(level))
-            spent += PROBE_COST * probes * len(active) + CANDIDATE_COST * verified
+            spent += mih.probe_cost * probes * len(active) + mih.candidate_cost * verified
             active = active[[counts[groups].sum() < k for groups, _ in found]]
             level += 1
         return spent / len(sample)

@@ -32,13 +32,17 @@ __all__ = ["MultiIndex", "substring_count"]
 
 Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
 
-# rough costs in ns on one core, measured on MNIST-1M codes (benchmarks/search.py): a probe
-# (searchsorted into a sorted table plus its bookkeeping), one verified candidate, one code of a
-# faiss scan, and one code a faiss top-k keeps in its heap and hands back
-PROBE_COST = 60.0
-CANDIDATE_COST = 25.0
+# costs in ns on one core, fitted to timings of MNIST-1M and uniform codes (benchmarks/search.py):
+# one code of a faiss scan, and one code a faiss top-k keeps in its heap and hands back; then, for
+# MIH, a probe (a searchsorted into a substring table) and a verified candidate (a gather of its
+# code, a popcount, the dedup), each (in cache, spilled): both cost several times more once the
+# codes outgrow the cache (92k distinct 64-bit MNIST codes, 0.7 MB: ~10 ns a candidate; 1M
+# uniform codes, 8 MB: ~30 ns and ~130 ns a probe)
 SCAN_COST = 0.5
 FETCH_COST = 400.0
+PROBE_COST = (40.0, 130.0)
+CANDIDATE_COST = (8.0, 30.0)
+_CACHE_BYTES = 4 << 20  # codes (as words) from which candidates and probes cost the spilled price
 _MAX_PAIRS = 4_000_000  # candidate (query, code) pairs verified at once: bounds memory per call
 _MAX_CHUNK = 1024  # queries probed at once
 
@@ -63,6 +67,9 @@ class MultiIndex:
         bounds = np.linspace(0, bits, self.substrings + 1).round().astype(int)
         self._fields = list(itertools.pairwise(bounds.tolist()))  # (start, stop) bit ranges
         self._tables = [self._table(start, stop) for start, stop in self._fields]
+        spilled = min(self._words.nbytes / _CACHE_BYTES, 1.0)
+        self.probe_cost = float(np.interp(spilled, [0, 1], PROBE_COST))  # ns, see the constants
+        self.candidate_cost = float(np.interp(spilled, [0, 1], CANDIDATE_COST))
 
     def _table(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = bit_field(self._words, start, stop - start)
@@ -119,7 +126,7 @@ class MultiIndex:
         scan_cost = SCAN_COST * self._count if scan_cost is None else scan_cost
         level = 0
         while len(active):
-            too_costly = PROBE_COST * self.probes_per_query(level) > scan_cost
+            too_costly = self.probe_cost * self.probes_per_query(level) > scan_cost
             if too_costly or level > max(stop - start for start, stop in self._fields):
                 for row, refound in zip(active, fallback(queries[active])):
                     found[row] = refound

@@ -113,6 +113,23 @@ def test_tie_group_of_distinct_codes_far_wider_than_k(backend):
     assert_top_k_matches(index, queries, codes, ids, [20, 150])
 
 
+@pytest.mark.parametrize("strategy", ["flat", "buckets", "mih"])
+@pytest.mark.parametrize("in_id_order", [True, False])
+def test_radius_search_with_thousands_of_hits_per_query(in_id_order, strategy):
+    # answers this big are sorted query by query (index.py _SORT_PER_QUERY); ids added in id
+    # order need no rank-to-item gather; a second segment merges hits of two segments
+    rng = np.random.default_rng(7)
+    codes = tied_codes(rng, 3000, 64, distinct=5)
+    ids = [f"{i:05d}" for i in range(3000)] if in_id_order else shuffled_ids(rng, 3000)
+    queries = np.concatenate([codes[:3], tied_codes(rng, 3, 64, distinct=3)])
+    index = HammingIndex(64, strategy=strategy)
+    index.add(codes[:2600], ids[:2600])
+    assert_radius_matches(index, queries, codes[:2600], ids[:2600], [0, 30, 64])
+    index.add(codes[2600:], ids[2600:])
+    assert_radius_matches(index, queries, codes, ids, [0, 30, 64])
+    assert min(len(found) for _, found in index.radius_search(queries, 64)) == 3000
+
+
 def test_faiss_range_search_radius_is_exclusive():
     # the faiss backend relies on this: an inclusive radius r is asked as r + 1
     faiss = pytest.importorskip("faiss")

@@ -127,6 +127,16 @@ def test_auto_scans_uniform_codes_and_probes_clustered_ones():
         forced.plan(k=1, radius=1)
 
 
+def test_auto_scans_for_a_large_top_k_when_faiss_hands_back_only_k_codes():
+    # 1M uniform 32-bit codes: the flat scan's faiss top-1000 fetches 1000 codes (not a margin
+    # of 2k + 16), which makes it cheaper than probing; a top-10 still probes
+    rng = np.random.default_rng(3)
+    n = 1_000_000
+    uniform = fill(random_codes(rng, n, 32), np.arange(n), 32, "faiss", "auto")
+    assert uniform.plan(k=1000) == ["flat"]
+    assert uniform.plan(k=10) == ["mih"]
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_remove_update_and_add_after_search_match_brute_force(strategy):
     rng = np.random.default_rng(21)
