@@ -86,16 +86,8 @@ def cifar10_source(path: str | None, classes: list[str] | None) -> Source:
             meta = _restricted_load(stream.read())
         names = [_text(name) for name in meta["label_names"]]
     items = [{"uri": found[b], "batch": b, "split": s} for b, s in _CIFAR10_BATCHES.items()]
-    rows = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _cifar_rows,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "fs": fs,
-            "scheme": "s3://" if storage.is_s3(path) else "",
-            "num_classes": len(names),
-        },
-    )
+    rows = _task_per_item(items, _cifar_rows, fs=fs, scheme="s3://" if storage.is_s3(path) else "",
+                          num_classes=len(names))  # fmt: skip
     return Source("cifar10", rows, names, "cifar10-1k", "RGB", _CIFAR_SIDE)
 
 
@@ -223,18 +215,19 @@ def parquet_source(
     if not pieces:
         raise ValueError(f"{path}: the table has no row groups")
     names = list(classes) if classes else _class_names(label_chunks, path)
-    rows = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-        _parquet_rows,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "fs": fs,
-            "scheme": "s3://" if storage.is_s3(path) else "",
-            "columns": {"image": image_column, "labels": labels_column, "id": id_column},
-            "classes": names,
-        },
-    )
+    rows = _task_per_item(
+        pieces, _parquet_rows, fs=fs, scheme="s3://" if storage.is_s3(path) else "",
+        columns={"image": image_column, "labels": labels_column, "id": id_column}, classes=names,
+    )  # fmt: skip
     return Source("parquet", rows, names, "random", "RGB", 64)
+
+
+def _task_per_item(items: list[dict], fn: Any, **kwargs: Any) -> ray.data.Dataset:
+    """``fn(one-row table, **kwargs)`` in a Ray Data task of its own for each item (a batch file,
+    a row-group range): each yields many rows, so one item per block keeps tasks even."""
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        fn, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs
+    )
 
 
 def _container_files(
