@@ -265,11 +265,11 @@ def run_pairs(
         # the driver; write = the sorted Parquet parts; the rest: split draw and dataset.json.
         with (_timed(prepare_module, "read_source", phases),
               _timed(prepare_module, "_spool_good_rows", phases),
-              _timed(prepare_module, "_write_split", phases)):  # fmt: skip
+              _timed(prepare_module, "_write_splits", phases)):  # fmt: skip
             run = _timed_run(monitor, lambda: prepare_module.prepare(
                 "folder", str(out), path=str(corpus), image_size=SIDE, mode="RGB", progress=False,
             )["counts"]["kept"])  # fmt: skip
-        names = {"listing": "read_source", "validate": "_spool_good_rows", "write": "_write_split"}
+        names = {"listing": "read_source", "validate": "_spool_good_rows", "write": "_write_splits"}
         return {**run, "phases_s": {name: phases[key] for name, key in names.items()}}
 
     cold = one()
