@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cluster_support import (
     ARTIFACT_BUCKET,
@@ -25,22 +24,15 @@ from cluster_support import (
     stop_process_tree,
     wait_for,
 )
-from PIL import Image
+from shared_helpers import moto_endpoint, write_digit_folder
 
-from hashing.datasets import load_mnist5k
 from pipelines.config import TrainConfig
 
 
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder corpus of real digits, one sub-folder per class."""
-    root = tmp_path_factory.mktemp("digits")
-    images, labels = load_mnist5k()
-    for cls in range(10):
-        (root / str(cls)).mkdir()
-        for i, row in enumerate(np.flatnonzero(labels == cls)[:PER_CLASS]):
-            Image.fromarray(images[row]).save(root / str(cls) / f"{i:03d}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), PER_CLASS)
 
 
 @pytest.fixture(scope="session")
@@ -56,20 +48,13 @@ def prepared(ray_cluster, digits_folder: Path, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with the MLflow artifact bucket; its endpoint URL."""
-    moto_server = pytest.importorskip("moto.server")
     import boto3
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with moto_endpoint() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
         yield endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

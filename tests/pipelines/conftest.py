@@ -5,18 +5,14 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
+from shared_helpers import moto_endpoint
 
 
 @pytest.fixture
 def s3_bucket(monkeypatch):
     """An empty bucket ``corpus`` on a moto server, with the S3 environment hashray reads."""
-    moto_server = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with moto_endpoint() as endpoint:
         environment = {
             "AWS_ENDPOINT_URL_S3": endpoint,
             "AWS_ACCESS_KEY_ID": "test",
@@ -30,5 +26,3 @@ def s3_bucket(monkeypatch):
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="corpus")
         yield client
-    finally:
-        server.stop()

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from shared_helpers import write_digit_folder
 
 from hashing.datasets import load_mnist5k
 from hashing.recipe import Recipe
@@ -35,12 +36,8 @@ CORRUPT = {"3/zero.png": b"", "5/text.jpg": b"not an image at all\n", "7/cut.png
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder corpus of real digits (one sub-folder per class) with a few broken files."""
-    root = tmp_path_factory.mktemp("digits")
-    images, labels = load_mnist5k()
-    for cls in range(10):
-        (root / str(cls)).mkdir()
-        for i, row in enumerate(np.flatnonzero(labels == cls)[:PER_CLASS]):
-            Image.fromarray(images[row]).save(root / str(cls) / f"{i:03d}.png")
+    root = write_digit_folder(tmp_path_factory.mktemp("digits"), PER_CLASS)
+    images, _ = load_mnist5k()
     png = io.BytesIO()
     Image.fromarray(images[0]).save(png, format="PNG")
     for name, data in CORRUPT.items():
