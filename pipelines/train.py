@@ -10,8 +10,10 @@ split (never the queries) becomes ``<out>/<name>/model`` and the run's registere
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -262,6 +264,7 @@ def _training_dataset(dataset: PreparedDataset, fit_ids: list[str]) -> ray.data.
 def _train_loop(cfg: dict[str, Any]) -> None:
     """Per-worker training function (Ray Train); rank 0 validates, logs and checkpoints."""
     recipe = Recipe.from_dict(cfg["recipe"])
+    _quiet_report_log()
     context = ray.train.get_context()
     rank, local_size = context.get_world_rank(), context.get_local_world_size()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
@@ -335,8 +338,10 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             state["epoch"] = epoch
             logger.log_metrics(metrics, step=epoch + 1)
             if cfg["progress"]:
-                print(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
-                      f"val mAP {metrics['val_map']:.4f}  {stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+                # not print(): Ray Train patches it to log and echo, so every line came out twice
+                sys.stdout.write(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
+                                 f"val mAP {metrics['val_map']:.4f}  {stats['images_per_s']:.0f} img/s\n")  # fmt: skip
+                sys.stdout.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict()}, Path(tmp) / CHECKPOINT_FILE)  # fmt: skip
@@ -344,6 +349,18 @@ def _train_loop(cfg: dict[str, Any]) -> None:
                                  checkpoint_dir_name=f"epoch-{epoch + 1:03d}")  # fmt: skip
         if stop_at is not None and epoch + 1 >= stop_at:
             break
+
+
+def _quiet_report_log() -> None:
+    """Drop Ray Train's "Reporting training result" console line, logged at every epoch.
+
+    Ray 2.60 logs it under a logger named by its file path, outside "ray.train", so LoggingConfig
+    cannot quiet it; the epoch line says the same. A Ray without that module logs nothing here.
+    """
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _validate(
