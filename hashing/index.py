@@ -27,8 +27,20 @@ Strategies (``strategy=``), all exact and identical in their answers:
   scanned, probes made and candidates met by 64 indexed codes searched as queries) times per-unit
   costs fitted to timings on MNIST-1M and uniform codes (hashing/mih.py; a probe and a candidate
   cost more once the codes outgrow the cache), so the choice is deterministic. Even then a top-k
-  query whose next probe level would cost more than a scan is scanned instead. ``plan`` says what
-  a query would use.
+  query whose next probe level would cost more than a scan is scanned instead. For a radius of
+  1 to ``_NEIGHBOUR_RADIUS`` over at most ``_NEIGHBOUR_CODES`` distinct codes, when the pairs of
+  codes within the radius (estimated from the same sample) number at most
+  ``_NEIGHBOURS_PER_ITEM`` per item, auto answers from neighbour lists instead
+  (hashing/neighbours.py, built on the first such query: one MIH self-join, 2 to 5 s for the
+  92k distinct 64-bit codes of MNIST-1M at radius 2): a query whose code is a stored code (92% of
+  MNIST-1M's 64-bit queries) reads its list; the others are searched by MIH or a scan as above.
+  ``plan`` says what a query would use ("neighbours" for that mix).
+
+Radius results come in two forms: ``radius_search`` materialises every item, (distances, ids)
+sorted by (distance, id); ``radius_groups`` returns per query the distinct codes within the
+radius, each with a zero-copy view of its ids (hashing/radius_groups.py), which on learned codes
+is tens of times cheaper (benchmarks/results/search.md) and lets a caller page through
+an answer of tens of thousands of items.
 
 Deletes and updates: ``remove`` marks items dead (tombstones) and drops them from the groups'
 posting lists, without re-sorting anything or rebuilding the scan or substring tables. ``add``
@@ -44,7 +56,8 @@ as many faiss threads as it has CPUs (OMP_NUM_THREADS). Speeds: benchmarks/searc
 Memory: a query holds the groups within its k-th distance (or radius) at once, and queries run in
 chunks of ``_QUERY_CHUNK``. Radius answers on learned codes run to thousands of items a query:
 their hits are sorted by (distance, rank) one query at a time on 32-bit keys, and ids are
-gathered once for the whole chunk. Save format: hashing/index_store.py.
+gathered once for the whole chunk. ``radius_groups`` keeps a copy of the ids in group order
+(the first call after the index changes gathers it). Save format: hashing/index_store.py.
 """
 
 from __future__ import annotations
@@ -61,6 +74,8 @@ from hashing import index_store
 from hashing.codes import code_bytes, to_words
 from hashing.hamming_scan import SCANS, Candidates, FaissScan
 from hashing.mih import FETCH_COST, SCAN_COST, MultiIndex
+from hashing.neighbours import NeighbourTable
+from hashing.radius_groups import RadiusGroups
 
 __all__ = ["STRATEGIES", "HammingIndex"]
 
@@ -70,6 +85,9 @@ _FLAT_RATIO = 0.9  # distinct codes per item above which grouping by code saves 
 _COMPACT_FRACTION = 0.25  # dead items or new-segment items, as a share of all, that trigger compact
 _PLAN_SAMPLE = 64  # indexed codes used as queries to measure the cost of multi-index hashing
 _SORT_PER_QUERY = 256  # hits per query from which each query's hits are sorted on their own
+_NEIGHBOUR_RADIUS = 3  # largest radius answered from neighbour lists (their size grows fast)
+_NEIGHBOUR_CODES = 1 << 18  # most distinct codes to build neighbour lists for (~20 us each)
+_NEIGHBOURS_PER_ITEM = 16  # most (code, neighbour) pairs per item the lists may hold
 
 
 class HammingIndex:
@@ -97,6 +115,7 @@ class HammingIndex:
         self._segments: list[_Segment] = []  # built on the first query after a rebuild
         self._built = 0  # items [0, _built) are in the first segment, the rest in the second
         self._stored_groups: tuple[np.ndarray, np.ndarray] | None = None  # from load: skip a sort
+        self._joined_ids: tuple[list[np.ndarray], np.ndarray] | None = None  # see _grouped_ids
 
     @property
     def bits(self) -> int:
@@ -182,7 +201,7 @@ class HammingIndex:
         return sum(a.nbytes for a in arrays) + sum(s.nbytes() for s in self._segments)
 
     def plan(self, k: int | None = None, radius: int | None = None) -> list[str]:
-        """Strategy per segment ("flat", "buckets" or "mih") for a top-k or a radius query."""
+        """Strategy per segment ("flat", "buckets", "mih"; radius also "neighbours") for a query."""
         if (k is None) == (radius is None):
             raise ValueError("give exactly one of k and radius")
         kind = ("top", _check_int(k, "k", 1)) if k is not None else ("radius", radius)
@@ -228,6 +247,46 @@ class HammingIndex:
             )
         return results
 
+    def radius_groups(self, packed_queries: np.ndarray, r: int) -> RadiusGroups:
+        """``radius_search``'s answer as hit groups (hashing/radius_groups.py), not as items.
+
+        Per query, one hit per distinct code within ``r``: its distance and a zero-copy view of
+        the ids holding that code (live ids only, in id order), hits by distance. ``expand(i)``
+        is exactly ``radius_search(packed_queries, r)[i]``. It skips what dominates a radius
+        search on learned codes (gathering and sorting thousands of string ids per query), so a
+        caller pays only for the groups it reads. The first call after an ``add`` or ``remove``
+        gathers the ids in group order (a copy of the ids, kept until the index changes again).
+        """
+        queries = self._check_codes(packed_queries, "packed_queries")
+        r = _check_int(r, "r", minimum=0)
+        bounds = np.zeros(len(queries) + 1, np.int64)
+        if not len(self):
+            nothing = np.empty(0, np.int64)
+            return RadiusGroups(self._ids[:0], nothing, nothing, nothing.astype(np.int32), bounds)
+        segments = self._prepared()
+        ids = self._grouped_ids(segments)
+        shifts = np.cumsum([0] + [segment.groups.live for segment in segments])
+        starts, stops, distances = [], [], []
+        for first in range(0, len(queries), _QUERY_CHUNK):
+            chunk = queries[first : first + _QUERY_CHUNK]
+            hits = [segment.within_groups(chunk, r) for segment in segments]
+            offsets = [(s.groups.offsets, shift) for s, shift in zip(segments, shifts)]
+            chunk_starts = np.concatenate([o[h.items] + at for (o, at), h in zip(offsets, hits)])
+            chunk_stops = np.concatenate([o[h.items + 1] + at for (o, at), h in zip(offsets, hits)])
+            merged = _Hits.concatenate(hits)
+            by_query = slice(None)
+            if len(segments) > 1:  # each segment's hits are by (query, distance): merge them so
+                by_query = np.argsort(merged.query_distance(), kind="stable")
+            starts.append(chunk_starts[by_query])
+            stops.append(chunk_stops[by_query])
+            distances.append(merged.distances[by_query])
+            bounds[first + 1 : first + len(chunk) + 1] = bounds[first] + np.cumsum(
+                np.bincount(merged.query, minlength=len(chunk))
+            )
+        return RadiusGroups(
+            ids, np.concatenate(starts), np.concatenate(stops), np.concatenate(distances), bounds
+        )
+
     def save(self, path: str | Path) -> None:
         """Write the index to directory ``path`` (format: hashing/index_store.py); live items only."""
         by_id = self._order.by_rank[
@@ -270,6 +329,21 @@ class HammingIndex:
         if "members" in stored.arrays:
             index._stored_groups = (stored.arrays["members"], stored.arrays["offsets"])
         return index
+
+    def _grouped_ids(self, segments: list[_Segment]) -> np.ndarray:
+        """The live ids, segment after segment, grouped by code (group order, id order inside)."""
+        parts = [segment.groups.member_ids(self._ids) for segment in segments]
+        if len(parts) == 1:
+            return parts[0]
+        joined = self._joined_ids
+        if (
+            joined is None
+            or len(joined[0]) != len(parts)
+            or any(a is not b for a, b in zip(joined[0], parts))
+        ):
+            self._joined_ids = joined = (parts, np.concatenate(parts))
+            joined[1].flags.writeable = False
+        return joined[1]
 
     def _prepared(self) -> list[_Segment]:
         dead = len(self._alive) - len(self)
@@ -332,18 +406,32 @@ class _Groups:
     live: int = field(init=False)  # live items in all groups
     no_empty: bool = field(init=False)  # every group holds a live item
     _member_ranks: list = field(init=False)  # [rank array, rank of each member] for the last rank
+    _member_ids: list = field(init=False)  # [id array, id of each member] for the last ids
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", np.diff(self.offsets))
         object.__setattr__(self, "live", len(self.members))
         object.__setattr__(self, "no_empty", bool(self.counts.all()))
         object.__setattr__(self, "_member_ranks", [None, None])
+        object.__setattr__(self, "_member_ids", [None, None])
 
     def member_ranks(self, order: _IdOrder) -> np.ndarray:
         """rank of each entry of ``members`` (kept until the ranks change with an add)."""
         if self._member_ranks[0] is not order.rank:
             self._member_ranks[:] = [order.rank, order.rank[self.members]]
         return self._member_ranks[1]
+
+    def member_ids_nbytes(self) -> int:
+        """Bytes of the ids gathered by ``member_ids``, if they were."""
+        return self._member_ids[1].nbytes if self._member_ids[1] is not None else 0
+
+    def member_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Read-only id of each entry of ``members`` (kept until the ids array changes)."""
+        if self._member_ids[0] is not ids:
+            grouped = ids.take(self.members)
+            grouped.flags.writeable = False
+            self._member_ids[:] = [ids, grouped]
+        return self._member_ids[1]
 
     @classmethod
     def distinct(cls, codes: np.ndarray, items: np.ndarray, rank: np.ndarray) -> _Groups:
@@ -489,7 +577,7 @@ class _Hits:
 
     def by_distance(self) -> _Hits:
         """Ordered by (query, distance)."""
-        return self.select(np.argsort(self._query_distance(), kind="stable"))
+        return self.select(np.argsort(self.query_distance(), kind="stable"))
 
     def sorted(self, order: _IdOrder) -> _Hits:
         """Items ordered by (query, distance, rank)."""
@@ -531,7 +619,7 @@ class _Hits:
         distances = (keys & ((1 << distance_bits) - 1)).astype(np.int32)
         return cls(items, distances, keys >> distance_bits, queries)
 
-    def _query_distance(self) -> np.ndarray:
+    def query_distance(self) -> np.ndarray:
         """(query, distance) packed into one int64 that sorts the same way."""
         return self.query * self._span() + self.distances
 
@@ -544,20 +632,23 @@ class _Hits:
 
 
 class _Segment:
-    """Groups of a part of the index, a full scan of their codes and (lazily) MIH tables."""
+    """Groups of a part of the index, a full scan of their codes, (lazily) MIH and neighbours."""
 
     def __init__(self, groups: _Groups, bits: int, backend: str, strategy: str) -> None:
         self.groups = groups
         self._bits, self._backend, self._strategy = bits, backend, strategy
         self._scan = SCANS[backend](groups.codes, bits)
         self._mih: MultiIndex | None = None
+        self._neighbours: NeighbourTable | None = None
         self._plans: dict[tuple[str, int], str] = {}
 
     def nbytes(self) -> int:
-        """Bytes of the groups, the scan's copy of the codes and the MIH tables, if built."""
+        """Bytes of the groups (and ids, if gathered), the scan's codes, MIH and neighbours."""
         groups = self.groups.codes.nbytes + self.groups.members.nbytes + self.groups.offsets.nbytes
-        mih = self._mih.nbytes() if self._mih is not None else 0
-        return groups + self.groups.counts.nbytes + self.groups.codes.nbytes + mih
+        grouped_ids = self.groups.member_ids_nbytes()
+        tables = [self._mih, self._neighbours]
+        built = sum(table.nbytes() for table in tables if table is not None)
+        return groups + grouped_ids + self.groups.counts.nbytes + self.groups.codes.nbytes + built
 
     def without(self, alive: np.ndarray) -> _Segment:
         """This segment with dead items dropped; scan and tables are shared, plans re-measured."""
@@ -566,14 +657,40 @@ class _Segment:
         return segment
 
     def plan(self, kind: str, value: int) -> str:
-        """ "flat", "buckets" or "mih" for a ("top", k) or ("radius", r) query."""
-        scan = "buckets" if self.groups.distinct else "flat"
+        """ "flat", "buckets", "mih" or "neighbours" for a ("top", k) or ("radius", r) query.
+
+        "neighbours" (radius only): queries whose code is a code of the segment read its
+        neighbour list; the others are searched as ``searched_plan`` says.
+        """
         if self._strategy != "auto":
             return self._strategy
         if (kind, value) not in self._plans:
-            cheaper = self._mih_cost(kind, value) < self._scan_cost(kind, value)
-            self._plans[kind, value] = "mih" if cheaper else scan
+            fits = kind == "radius" and self._neighbours_fit(value)
+            self._plans[kind, value] = "neighbours" if fits else self.searched_plan(kind, value)
         return self._plans[kind, value]
+
+    def searched_plan(self, kind: str, value: int) -> str:
+        """ "flat", "buckets" or "mih": the cheaper of a scan and multi-index hashing."""
+        if self._strategy != "auto":
+            return self._strategy
+        if ("searched " + kind, value) not in self._plans:
+            cheaper = self._mih_cost(kind, value) < self._scan_cost(kind, value)
+            scan = "buckets" if self.groups.distinct else "flat"
+            self._plans["searched " + kind, value] = "mih" if cheaper else scan
+        return self._plans["searched " + kind, value]
+
+    def _neighbours_fit(self, r: int) -> bool:
+        """Are neighbour lists of radius r worth building: few codes, few pairs within r?"""
+        codes, live = len(self.groups.codes), self.groups.live
+        if not (self.groups.distinct and live and 1 <= r <= _NEIGHBOUR_RADIUS):
+            return False
+        if codes > _NEIGHBOUR_CODES:  # the build (one MIH search per code) would take too long
+            return False
+        if self._neighbours is not None and self._neighbours.radius >= r:
+            return True
+        found, _ = self._multi_index().within(self._sample(), r)
+        pairs = np.mean([len(neighbours) for neighbours, _ in found]) * codes
+        return bool(pairs <= _NEIGHBOURS_PER_ITEM * live)
 
     def _scan_cost(self, kind: str, value: int) -> float:
         """Estimated cost (ns per query) of a full scan of the group codes."""
@@ -628,16 +745,61 @@ class _Segment:
 
     def within(self, queries: np.ndarray, r: int, order: _IdOrder) -> _Hits:
         """The items of this segment within distance r of each query, by (query, distance, rank)."""
-        if r == 0 and self.groups.distinct:
+        # expand sorts the items: the groups need no order beyond being grouped by query
+        return self.groups.expand(self.within_groups(queries, r, ordered=False), order)
+
+    def within_groups(self, queries: np.ndarray, r: int, ordered: bool = True) -> _Hits:
+        """Groups with live items within distance r of each query, by (query, distance, group).
+
+        ``ordered=False``: by query only (skips a sort of the groups found by a search).
+        """
+        plan = self.plan("radius", r)
+        if self.groups.distinct and (r == 0 or plan == "neighbours"):
+            # a query whose code is one of ours: the groups within r are known (r = 0: that one)
             exact = self.groups.lookup(queries)
-            hit = np.flatnonzero(exact >= 0)
-            hits = _Hits(exact[hit], np.zeros(len(hit), np.int32), hit, len(queries))
-            return self.groups.expand(hits, order)
-        if self.plan("radius", r) == "mih":
+            stored = np.flatnonzero(exact >= 0)
+            if r == 0:
+                hits = _Hits(exact[stored], np.zeros(len(stored), np.int32), stored, len(queries))
+            else:
+                rows, groups, distances = self._neighbour_table(r).within(exact[stored], r)
+                hits = _Hits(
+                    groups.astype(np.int64), distances.astype(np.int32), stored[rows], len(queries)
+                )
+                rest = np.flatnonzero(exact < 0)
+                if len(rest):
+                    plan = self.searched_plan("radius", r)
+                    searched = self._searched_groups(queries[rest], r, plan, ordered)
+                    searched = replace(searched, query=rest[searched.query], queries=len(queries))
+                    both = _Hits.concatenate([hits, searched])
+                    hits = both.select(np.argsort(both.query, kind="stable"))
+        else:
+            hits = self._searched_groups(queries, r, plan, ordered)
+        if not self.groups.no_empty:  # groups whose items were all removed
+            hits = hits.select(self.groups.counts[hits.items] > 0)
+        return hits
+
+    def _searched_groups(self, queries: np.ndarray, r: int, plan: str, ordered: bool) -> _Hits:
+        """Groups within r of each query found by MIH or a scan, by query (and distance, group)."""
+        if plan == "mih":
             found, _ = self._multi_index().within(queries, r)
         else:
             found = self._scan.within(queries, r)
-        return self.groups.expand(_Hits.of(found), order)
+        hits = _Hits.of(found)
+        return (
+            hits.select(np.lexsort((hits.items, hits.distances, hits.query))) if ordered else hits
+        )
+
+    def _neighbour_table(self, r: int) -> NeighbourTable:
+        if self._neighbours is None or self._neighbours.radius < r:
+            self._neighbours = NeighbourTable(self.groups.codes, self._bits, r)
+        return self._neighbours
+
+    def _sample(self) -> np.ndarray:
+        """Codes of ``_PLAN_SAMPLE`` random live items (queries resemble items; popular codes
+        hold many), to measure what a query would cost."""
+        counts = self.groups.counts
+        picks = np.random.default_rng(0).integers(0, counts.sum(), _PLAN_SAMPLE)
+        return self.groups.codes[np.searchsorted(np.cumsum(counts), picks, side="right")]
 
     def _multi_index(self) -> MultiIndex:
         if self._mih is None:
@@ -651,10 +813,7 @@ class _Segment:
         if counts.sum() == 0:
             return 0.0
         mih = self._multi_index()
-        rng = np.random.default_rng(0)
-        # sample items, not codes: queries resemble the items, and popular codes hold many
-        picks = rng.integers(0, counts.sum(), _PLAN_SAMPLE)
-        sample = self.groups.codes[np.searchsorted(np.cumsum(counts), picks, side="right")]
+        sample = self._sample()
         if kind == "radius":
             probes = mih.probes_per_query(value // mih.substrings)
             if mih.probe_cost * probes > scan_cost:

@@ -28,7 +28,7 @@ import numpy as np
 
 from hashing.codes import to_words
 
-__all__ = ["MultiIndex", "substring_count"]
+__all__ = ["MultiIndex", "ranges", "substring_count"]
 
 Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
 
@@ -155,7 +155,7 @@ class MultiIndex:
             first = offsets[slots[hit]]
             sizes = offsets[slots[hit] + 1] - first
             query_rows.append(np.repeat(hit // len(masks), sizes))
-            codes.append(postings[_ranges(first, sizes)])
+            codes.append(postings[ranges(first, sizes)])
         query_rows, codes = np.concatenate(query_rows), np.concatenate(codes)
         differing = np.bitwise_count(self._words[codes] ^ query_words[query_rows])
         distances = differing.sum(axis=1, dtype=np.int32)
@@ -201,7 +201,7 @@ def _mask_total(length: int, level: int) -> int:
     return sum(comb(length, flips) for flips in range(min(level, length) + 1))
 
 
-def _ranges(first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def ranges(first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Concatenated ranges first[i] .. first[i] + sizes[i] - 1, as one index array."""
     ends = np.cumsum(sizes)
     return np.repeat(first - (ends - sizes), sizes) + np.arange(ends[-1] if len(ends) else 0)

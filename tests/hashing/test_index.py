@@ -57,13 +57,25 @@ def assert_top_k_matches(index, queries, codes, ids, ks):
 
 
 def assert_radius_matches(index, queries, codes, ids, radii):
+    """radius_search and radius_groups (expanded, and group by group) equal brute force."""
     distances = reference_distances(queries, codes)
+    code_of = {i: code.tobytes() for i, code in zip(ids, codes)}
     for r in radii:
         results = index.radius_search(queries, r)
-        assert len(results) == len(queries)
+        grouped = index.radius_groups(queries, r)
+        assert len(results) == len(grouped) == len(queries)
         for row, (got_distances, got_ids) in enumerate(results):
             expected = [pair for pair in reference_ranking(distances[row], ids) if pair[0] <= r]
             assert list(zip(got_distances.tolist(), got_ids.tolist())) == expected
+            expanded_distances, expanded_ids = grouped.expand(row)
+            assert list(zip(expanded_distances.tolist(), expanded_ids.tolist())) == expected
+            assert grouped.counts()[row] == len(expected)
+            # each group: one code, its ids in id order, groups by distance
+            groups = list(grouped.groups(row))
+            assert [d for d, _ in groups] == sorted(d for d, _ in groups)
+            for _, group_ids in groups:
+                assert len({code_of[i] for i in group_ids.tolist()}) == 1
+                assert group_ids.tolist() == sorted(group_ids.tolist())
 
 
 def straddling_ks(distances: np.ndarray) -> list[int]:
@@ -159,6 +171,9 @@ def test_empty_index_returns_no_columns(backend):
     distances, ids = index.search(queries, 5)
     assert distances.shape == ids.shape == (2, 0)
     assert [len(d) for d, _ in index.radius_search(queries, 3)] == [0, 0]
+    grouped = index.radius_groups(queries, 3)
+    assert len(grouped) == 2 and grouped.counts().tolist() == [0, 0]
+    assert list(grouped.groups(1)) == [] and len(grouped.expand(0)[1]) == 0
 
 
 def test_properties_and_read_only_ids():
