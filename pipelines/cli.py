@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hashray`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # faiss reports at INFO each CPU-specific build it fails to load
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.s3_endpoint:
         from pipelines.storage import use_s3_endpoint
 
