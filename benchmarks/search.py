@@ -263,9 +263,7 @@ def bench_workload(workload: Workload, grid: Grid, repeats: int) -> list[dict]:
                             "codes": len(workload.codes),
                             "method": method,
                             "threads": threads,
-                            "operation": f"top-{value}"
-                            if operation == "top"
-                            else f"radius-{value}",
+                            "operation": operation_label(operation, value),
                             "queries": len(queries),
                             "qps": round(len(queries) / (cpu if threads == 1 else wall), 1),
                             "qps_wall": round(len(queries) / wall, 1),
@@ -327,7 +325,7 @@ def paired_rows(
                 "codes": len(workload.codes),
                 "method": PAIRED,
                 "threads": 1,
-                "operation": f"top-{value}" if operation == "top" else f"radius-{value}",
+                "operation": operation_label(operation, value),
                 "queries": len(queries),
                 "qps_faiss_flat": round(faiss_qps, 1),
                 "qps_auto": round(auto_qps, 1),
@@ -338,6 +336,11 @@ def paired_rows(
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def operation_label(operation: str, value: int) -> str:
+    """ "top-10", "radius-2": how rows name an operation."""
+    return f"{operation}-{value}"
 
 
 def plan_of(index: object, operation: str, value: int) -> str | None:

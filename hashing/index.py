@@ -640,7 +640,8 @@ class _Segment:
         self._scan = SCANS[backend](groups.codes, bits)
         self._mih: MultiIndex | None = None
         self._neighbours: NeighbourTable | None = None
-        self._plans: dict[tuple[str, int], str] = {}
+        self._plans: dict[tuple[str, int], str] = {}  # what plan() chose
+        self._searched_plans: dict[tuple[str, int], str] = {}  # what searched_plan() chose
 
     def nbytes(self) -> int:
         """Bytes of the groups (and ids, if gathered), the scan's codes, MIH and neighbours."""
@@ -653,7 +654,9 @@ class _Segment:
     def without(self, alive: np.ndarray) -> _Segment:
         """This segment with dead items dropped; scan and tables are shared, plans re-measured."""
         segment = _Segment.__new__(_Segment)
-        segment.__dict__.update(self.__dict__, groups=self.groups.without(alive), _plans={})
+        segment.__dict__.update(
+            self.__dict__, groups=self.groups.without(alive), _plans={}, _searched_plans={}
+        )
         return segment
 
     def plan(self, kind: str, value: int) -> str:
@@ -673,11 +676,11 @@ class _Segment:
         """ "flat", "buckets" or "mih": the cheaper of a scan and multi-index hashing."""
         if self._strategy != "auto":
             return self._strategy
-        if ("searched " + kind, value) not in self._plans:
+        if (kind, value) not in self._searched_plans:
             cheaper = self._mih_cost(kind, value) < self._scan_cost(kind, value)
             scan = "buckets" if self.groups.distinct else "flat"
-            self._plans["searched " + kind, value] = "mih" if cheaper else scan
-        return self._plans["searched " + kind, value]
+            self._searched_plans[kind, value] = "mih" if cheaper else scan
+        return self._searched_plans[kind, value]
 
     def _neighbours_fit(self, r: int) -> bool:
         """Are neighbour lists of radius r worth building: few codes, few pairs within r?"""

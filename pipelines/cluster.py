@@ -7,9 +7,9 @@ import os
 
 import ray
 
-__all__ = ["WORKER_NICENESS", "connect"]
+__all__ = ["connect"]
 
-WORKER_NICENESS = "RAY_worker_niceness"
+_WORKER_NICENESS = "RAY_worker_niceness"
 
 
 def connect(num_cpus: int | None = None) -> bool:
@@ -27,7 +27,7 @@ def connect(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
         return False
-    os.environ.setdefault(WORKER_NICENESS, "0")  # read by ray.init, passed on to the raylet
+    os.environ.setdefault(_WORKER_NICENESS, "0")  # read by ray.init, passed on to the raylet
     ray.init(
         num_cpus=num_cpus or max(4, os.cpu_count() or 1),
         # The dashboard also serves the state API that Ray Train's placement-group cleaner polls;
