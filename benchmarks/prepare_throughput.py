@@ -8,7 +8,12 @@ is prepare / loop in images per second, measured in back-to-back pairs (the mach
 does; Ray start-up is timed apart, not in the ratio.
 
 Memory: each measurement runs in a fresh child process, whose sampler thread polls that process
-and all its descendants (for Ray: the driver, raylet, GCS and every worker) every 0.2 s. It reports
+and all its descendants (for Ray: the driver, raylet, GCS and every worker) every 0.2 s, but only
+in runs kept for memory: one loop alone and one extra warm prepare. The timed pairs run unsampled,
+since the sampler is not free and its cost grows with the processes it reads: reading
+smaps_rollup of Ray's dozen processes (each mapping the object store) cost the driver about 50 us
+of CPU per image at 100k, a sixth of the work, and on 2 busy cores it took that from the workers,
+where beside the one process of the loop it used the idle core. It reports
 the tree's peak summed PSS (shared pages such as Ray's object store split between the processes
 mapping them, so nothing is counted twice), the same without shared memory ("private": what grows
 when a process holds data; the object store is capped by Ray and spills beyond the cap), peak
@@ -29,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +123,7 @@ class TreeMonitor:
         )
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._sampling = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def pids(self) -> list[int]:
@@ -149,8 +155,19 @@ class TreeMonitor:
             self.peak = dict.fromkeys(self.peak, 0)
         return peak
 
+    @contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Sample memory in the background inside the block (timed runs stay outside one)."""
+        self._sampling.set()
+        try:
+            yield
+        finally:
+            self._sampling.clear()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self._sampling.is_set():
+                continue
             reading = self.sample()
             with self._lock:
                 self.peak = {k: max(v, reading[k]) for k, v in self.peak.items()}
@@ -226,18 +243,22 @@ def _timed(module: object, name: str, totals: dict[str, float]) -> Iterator[None
         setattr(module, name, original)
 
 
-def _timed_run(monitor: TreeMonitor, work: Callable[[], int]) -> dict:
-    """Run ``work`` (returns images done): wall and tree CPU seconds, rates, memory peaks."""
+def _timed_run(monitor: TreeMonitor, work: Callable[[], int], sampled: bool = False) -> dict:
+    """Run ``work`` (returns images done): wall and tree CPU seconds, rates; with ``sampled``,
+    also the memory peaks (the sampler then runs beside the work and costs it CPU)."""
+    monitor.take_peak()
     cpu, start = monitor.cpu_seconds(), time.perf_counter()
-    images = work()
+    with monitor.sampling() if sampled else nullcontext():
+        images = work()
     seconds, cpu = time.perf_counter() - start, monitor.cpu_seconds() - cpu
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "cpu_s": cpu, "cpu_us_per_image": 1e6 * cpu / images, **monitor.take_peak()}  # fmt: skip
+    run = {"images": images, "seconds": seconds, "images_per_s": images / seconds, "cpu_s": cpu,
+           "cpu_us_per_image": 1e6 * cpu / images, "sampled": sampled}  # fmt: skip
+    return {**run, **monitor.take_peak()} if sampled else run
 
 
 def run_loop_alone(corpus: Path, out: Path, monitor: TreeMonitor) -> dict:
-    """The PIL loop once in a process of its own: its memory (and a warm page cache after)."""
-    return _timed_run(monitor, lambda: run_loop(corpus, out)["images"])
+    """The PIL loop once in a process of its own, sampled: its memory (and a warm page cache)."""
+    return _timed_run(monitor, lambda: run_loop(corpus, out)["images"], sampled=True)
 
 
 def run_pairs(
@@ -246,7 +267,8 @@ def run_pairs(
     """hashray prepare on one fresh local Ray cluster: once cold (Ray's workers and Ray Data's
     helper actors start during the run), then ``repeat`` pairs of (PIL loop, warm prepare) back
     to back, so both halves of a pair meet the same load from the machine's other tenants (the
-    idle cluster costs the loop a little). Ray start-up is timed apart."""
+    idle cluster costs the loop a little), then one warm prepare sampled for memory. Ray start-up
+    is timed apart."""
     import ray
 
     from pipelines import prepare as prepare_module
@@ -259,7 +281,7 @@ def run_pairs(
     idle = monitor.sample()
     monitor.take_peak()
 
-    def one() -> dict:
+    def one(sampled: bool = False) -> dict:
         phases: dict[str, float] = {}
         # listing = read_source; validate = read + decode + normalise in Ray tasks, spooled by
         # the driver; write = the sorted Parquet parts; the rest: split draw and dataset.json.
@@ -268,7 +290,7 @@ def run_pairs(
               _timed(prepare_module, "_write_splits", phases)):  # fmt: skip
             run = _timed_run(monitor, lambda: prepare_module.prepare(
                 "folder", str(out), path=str(corpus), image_size=SIDE, mode="RGB", progress=False,
-            )["counts"]["kept"])  # fmt: skip
+            )["counts"]["kept"], sampled)  # fmt: skip
         names = {"listing": "read_source", "validate": "_spool_good_rows", "write": "_write_splits"}
         return {**run, "phases_s": {name: phases[key] for name, key in names.items()}}
 
@@ -281,8 +303,9 @@ def run_pairs(
             )
         )
         warm.append(one())
+    memory = one(sampled=True)
     ray.shutdown()
-    return {"cold": cold, "loops": loops, "warm": warm, "ray_startup_s": startup,
+    return {"cold": cold, "loops": loops, "warm": warm, "memory": memory, "ray_startup_s": startup,
             "ray_idle_tree_pss": idle["tree_pss"], "ray_idle_processes": idle["processes"]}  # fmt: skip
 
 
@@ -398,7 +421,9 @@ def markdown(result: dict) -> str:
          "machine's other tenants. Ray start-up is not in the ratio. CPU: user + system seconds "
          "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
          "shared pages once; private: PSS without shared memory such as Ray's object store, "
-         "which Ray caps; RSS in every process); the loop's from a process of its own."),
+         "which Ray caps; RSS in every process), sampled every 0.2 s only in the runs kept for "
+         "it (the loop alone, in a process of its own, and one more warm prepare): the "
+         "sampler's own CPU would slow the timed runs."),
         "",
         ("| images | loop img/s | prepare cold img/s | ratio cold | prepare warm img/s "
          "| ratio warm (pairs) | CPU us/img loop / prepare | load 1m (before -> after) |"),
@@ -433,14 +458,16 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {n} | PIL loop in pairs | {_seconds(size['prepare']['loops'])} | - | | | | | |"
         )
-        for name, runs in (("cold", [size["prepare"]["cold"]]), ("warm", size["prepare"]["warm"])):
+        run = size["prepare"]
+        for name, runs in (("cold", [run["cold"]]), ("warm", run["warm"]),
+                           ("warm, sampled for memory", [run["memory"]])):  # fmt: skip
             phases = {k: _median([r["phases_s"][k] for r in runs]) for k in runs[0]["phases_s"]}
+            memory = [f"{max(r[f'peak_{key}'] for r in runs) / mib:.0f} MiB" if runs[0]["sampled"]
+                      else "" for key in _MEMORY]  # fmt: skip
             lines.append(
                 f"| {n} | prepare {name} | {_seconds(runs)} | "
                 f"{phases['listing']:.1f} / {phases['validate']:.1f} / {phases['write']:.1f} | "
-                + " | ".join(
-                    f"{max(r[f'peak_{key}'] for r in runs) / mib:.0f} MiB" for key in _MEMORY
-                )
+                + " | ".join(memory)
                 + " |"
             )
     idle = [f"{size['images']:,}: {size['prepare']['ray_idle_tree_pss'] / mib:.0f} MiB in "

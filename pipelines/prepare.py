@@ -25,7 +25,6 @@ images takes no more memory; benchmarks/prepare_throughput.py measures it at 10k
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import os
 import posixpath
@@ -67,7 +66,6 @@ OFFICIAL_SPLITS = {
 MAX_ROWS_PER_PART = 8192
 TARGET_PART_BYTES = 64 * 1024**2
 MAX_LISTED_SKIPPED = 10_000
-WRITE_THREADS = 2
 
 
 def prepare(
@@ -88,18 +86,18 @@ def prepare(
     ``source_options`` are the source's own settings (parquet: image_column, labels_column,
     id_column); they are recorded in dataset.json.
     """
-    corpus = read_source(source, path, classes=classes, options=source_options)
-    protocol = protocol or corpus.default_protocol
-    if protocol not in PROTOCOLS and protocol not in OFFICIAL_SPLITS:
+    if protocol is not None and protocol not in PROTOCOLS and protocol not in OFFICIAL_SPLITS:
         raise ValueError(
             f"unknown protocol {protocol!r}; choose one of {sorted([*PROTOCOLS, *OFFICIAL_SPLITS])}"
         )
-    mode = mode or corpus.default_mode
-    side = image_size or corpus.default_size
     with (
         tempfile.TemporaryDirectory(prefix="hashray-prepare-") as spool_dir,
-        _ray_progress_bars(progress),
+        _data_context(progress),  # before read_source: a Dataset copies the context it starts with
     ):
+        corpus = read_source(source, path, classes=classes, options=source_options)
+        protocol = protocol or corpus.default_protocol
+        mode = mode or corpus.default_mode
+        side = image_size or corpus.default_size
         spool = _Spool(spool_dir)
         checked = corpus.rows.map_batches(
             _normalize_rows, batch_format="pyarrow", fn_kwargs={"size": (side, side), "mode": mode}
@@ -196,7 +194,9 @@ def _spool_good_rows(checked: ray.data.Dataset, spool: _Spool, progress: bool) -
         for batch in batches:
             ok = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
             position = np.full(batch.num_rows, -1, dtype=np.int64)
-            position[ok] = spool.append(batch.filter(ok).select(IMAGE_SCHEMA.names))
+            # Filtering copies every image; most blocks are all good and go to the spool as they are.
+            good = batch if ok.all() else batch.filter(ok)
+            position[ok] = spool.append(good.select(IMAGE_SCHEMA.names))
             summaries.append(_summary(batch, ok, position))
             bar.update(batch.num_rows)
     if not summaries:
@@ -321,10 +321,10 @@ def _write_splits(
 ) -> dict[str, dict]:
     """Write each split's spooled rows (in id order) as ``{split}/part-NNNNN.parquet``.
 
-    Parts are written by WRITE_THREADS threads: gathering rows from the spool and encoding Parquet
-    run in Arrow without the GIL, and this phase would otherwise leave all but one core idle
-    (at 100k images it was a thirtieth of prepare). Memory stays bounded: a part is built only when
-    its thread takes it up.
+    One part at a time: two writer threads shortened this phase (a thirtieth of prepare at 100k
+    images) but doubled its peak memory, and the extra grew with the number of spool files a part
+    gathers from: the driver's peak at 8,000 images rose 36 MB over 800 with two threads and 18 MB
+    with one (tests/pipelines/test_prepare_memory.py allows 40).
     """
     jobs, splits = [], {}
     for split, rows in split_rows.items():
@@ -339,12 +339,9 @@ def _write_splits(
         jobs += [(fs, posixpath.join(folder, name), positions[rows[first : first + rows_per_part]])
                  for name, first in zip(names, starts)]  # fmt: skip
     total = sum(len(part) for _, _, part in jobs)
-    with (
-        tqdm(total=total, desc="writing", unit="img", disable=not progress) as bar,
-        concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool,
-    ):
-        for rows in pool.map(lambda job: _write_part(spool, *job), jobs):
-            bar.update(rows)
+    with tqdm(total=total, desc="writing", unit="img", disable=not progress) as bar:
+        for job in jobs:
+            bar.update(_write_part(spool, *job))
     return splits
 
 
@@ -366,12 +363,23 @@ def _skipped_rows(listing_skipped: list[dict[str, str]], summary: pa.Table) -> l
 
 
 @contextlib.contextmanager
-def _ray_progress_bars(enabled: bool) -> Iterator[None]:
-    """Turn Ray Data's progress bars off for the block when ``enabled`` is False."""
+def _data_context(progress: bool) -> Iterator[None]:
+    """Ray Data settings for the Datasets made inside the block: progress bars off unless
+    ``progress``, and no per-operator resource reservation.
+
+    Why no reservation: Ray 2.60's allocator takes the cluster's size from its autoscaling
+    coordinator, whose answer arrives a second after an execution starts; until then the limits
+    are zero and the allocator lets one task run at a time (10k images: six blocks in a row on
+    one worker while the other cores idled, then four at once). prepare is a single fused map
+    whose consumer, the driver's spool, is far faster than the tasks, so the reservation has
+    nothing to share out; Ray still runs at most one task per logical CPU, and the object store
+    caps and spills what waits.
+    """
     context = ray.data.DataContext.get_current()
-    before = context.enable_progress_bars
-    context.enable_progress_bars = before and enabled
+    before = context.enable_progress_bars, context.op_resource_reservation_enabled
+    context.enable_progress_bars = before[0] and progress
+    context.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        context.enable_progress_bars = before
+        context.enable_progress_bars, context.op_resource_reservation_enabled = before
