@@ -1,7 +1,7 @@
 """Hashing networks: a backbone by name plus a hash head that outputs ``bits`` continuous values.
 
-Backbones come from a registry (``list_models()``): ``smallcnn`` for small grey images such as
-MNIST, and torchvision ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``. Nothing is downloaded:
+Backbones come from a registry (``list_models()``): ``smallcnn`` (and ``smallcnn-deep``, one conv
+more) for small grey images such as MNIST, and torchvision ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``. Nothing is downloaded:
 torchvision models are built with ``weights=None`` and pretrained weights come only from a local
 file (``pretrained_path``), loaded with ``weights_only=True``.
 
@@ -36,19 +36,33 @@ def _register(name: str):
     return wrap
 
 
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    """3x3 convolution, batch norm, ReLU."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+
+def _small_body(in_channels: int, last_block_convs: int) -> tuple[nn.Module, int]:
+    """Conv blocks of 32, 64 and 128 channels, each pooled by 2, then one dense layer of 256."""
+    last = _conv(64, 128) + [m for _ in range(last_block_convs - 1) for m in _conv(128, 128)]
+    body = nn.Sequential(
+        *_conv(in_channels, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2), *last,
+        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256),
+        nn.ReLU(True), nn.Dropout(0.3),
+    )  # fmt: skip
+    return body, 256
+
+
 @_register("smallcnn")
 def _smallcnn(in_channels: int) -> tuple[nn.Module, int]:
     """Three conv blocks + one dense layer (~8M multiply-adds at 28x28): ~99% on digits, CPU-fast."""
+    return _small_body(in_channels, last_block_convs=1)
 
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        return [conv, nn.BatchNorm2d(cout), nn.ReLU(True), nn.MaxPool2d(2)]
 
-    body = nn.Sequential(
-        *block(in_channels, 32), *block(32, 64), *block(64, 128),
-        nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256), nn.ReLU(True), nn.Dropout(0.3),
-    )  # fmt: skip
-    return body, 256
+@_register("smallcnn-deep")
+def _smallcnn_deep(in_channels: int) -> tuple[nn.Module, int]:
+    """smallcnn with a second 3x3 conv (128 -> 128) in its last block: ~15M multiply-adds at
+    28x28, for configs/mnist5k-adsh-48-tuned.yaml."""
+    return _small_body(in_channels, last_block_convs=2)
 
 
 def _torchvision_body(name: str) -> Callable[[int], tuple[nn.Module, int]]:
@@ -69,7 +83,14 @@ for _name in ("alexnet", "vgg16", "resnet18", "resnet50"):
     _register(_name)(_torchvision_body(_name))
 
 # Channels each backbone was designed for; grey input is repeated to 3 channels for torchvision.
-_NATIVE_CHANNELS = {"smallcnn": None, "alexnet": 3, "vgg16": 3, "resnet18": 3, "resnet50": 3}
+_NATIVE_CHANNELS = {
+    "smallcnn": None,
+    "smallcnn-deep": None,
+    "alexnet": 3,
+    "vgg16": 3,
+    "resnet18": 3,
+    "resnet50": 3,
+}
 
 
 def list_models() -> list[str]:
@@ -82,9 +103,16 @@ class HashModel(nn.Module):
 
     ``rotation`` (bits x bits, optional) is a post-hoc rotation fitted after training (ITQ, the
     SDSH search); ``embed`` applies it, ``forward`` does not, so training never sees it.
+
+    ``shift_average``: ``embed`` averages the outputs for the image and its four one-pixel shifts
+    (edges repeated) before the rotation. Test-time augmentation: five forward passes per image
+    for codes that move less with where a digit sits (ADSH at 48 bits on mnist5k: +0.0005 to
+    +0.0016 mAP over four trained models).
     """
 
-    def __init__(self, backbone: str, bits: int, in_channels: int = 3) -> None:
+    def __init__(
+        self, backbone: str, bits: int, in_channels: int = 3, shift_average: bool = False
+    ) -> None:
         super().__init__()
         if backbone not in _BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {list_models()}")
@@ -94,7 +122,8 @@ class HashModel(nn.Module):
         self.repeat_channels = native is not None and native != in_channels
         if self.repeat_channels and in_channels != 1:
             raise ValueError(f"{backbone} takes 1 or {native} input channels, got {in_channels}")
-        self.config = {"backbone": backbone, "bits": bits, "in_channels": in_channels}
+        self.config = {"backbone": backbone, "bits": bits, "in_channels": in_channels,
+                       "shift_average": shift_average}  # fmt: skip
         self.backbone, dim = _BACKBONES[backbone](in_channels if native is None else native)
         self.hash_head = nn.Linear(dim, bits)
         self.register_buffer("rotation", None)
@@ -111,8 +140,12 @@ class HashModel(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Outputs used for codes (n x bits): ``forward`` then the fitted rotation, if any."""
-        outputs = self.forward(images)
+        """Outputs used for codes (n x bits): ``forward`` (averaged over one-pixel shifts with
+        ``shift_average``) then the fitted rotation, if any."""
+        if self.config["shift_average"]:
+            outputs = torch.stack([self.forward(x) for x in _one_pixel_shifts(images)]).mean(0)
+        else:
+            outputs = self.forward(images)
         return outputs if self.rotation is None else outputs @ self.rotation
 
     def set_rotation(self, rotation: torch.Tensor | None) -> None:
@@ -124,11 +157,24 @@ class HashModel(nn.Module):
         self.rotation = None if rotation is None else rotation.detach().float().clone()
 
 
+def _one_pixel_shifts(images: torch.Tensor) -> list[torch.Tensor]:
+    """``images`` (n x C x H x W) and the same moved one pixel down, up, right and left."""
+    height, width = images.shape[-2:]
+    padded = nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
+    offsets = ((1, 1), (0, 1), (2, 1), (1, 0), (1, 2))  # (row, column) of the window; first: none
+    return [padded[..., r : r + height, c : c + width] for r, c in offsets]
+
+
 def build(
-    name: str, *, bits: int, in_channels: int = 3, pretrained_path: str | Path | None = None
+    name: str,
+    *,
+    bits: int,
+    in_channels: int = 3,
+    pretrained_path: str | Path | None = None,
+    shift_average: bool = False,
 ) -> HashModel:
     """Build a ``HashModel`` with backbone ``name``; ``pretrained_path`` is a local backbone state dict."""
-    model = HashModel(name, bits, in_channels)
+    model = HashModel(name, bits, in_channels, shift_average)
     if pretrained_path is not None:
         state = torch.load(Path(pretrained_path), map_location="cpu", weights_only=True)
         # torchvision checkpoints carry the ImageNet classifier; the backbone replaced it.
@@ -157,7 +203,8 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild a model saved by ``save_model`` (weights loaded with ``weights_only=True``)."""
     directory = Path(directory)
     config = read_model_config(directory)
-    model = HashModel(config["backbone"], config["bits"], config.get("in_channels", 3))
+    model = HashModel(config["backbone"], config["bits"], config.get("in_channels", 3),
+                      config.get("shift_average", False))  # fmt: skip
     state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
     if config.get("has_rotation"):
         model.set_rotation(state["rotation"])

@@ -33,6 +33,8 @@ class Recipe:
     # Method stages (a loss's ``stages``); None picks the method's default.
     pretrain_epochs: int | None = None  # classification epochs before hashing (exphash: 3)
     rotation: str | None = None  # post-hoc rotation: "none", "itq" or "search" (sdsh: "search")
+    # Codes from the mean output over each image and its four one-pixel shifts (5x encode cost).
+    shift_average: bool = False
 
     def stage_plan(self, stages: tuple[str, ...]) -> tuple[int, str]:
         """(classification pre-training epochs, rotation kind) for a method declaring ``stages``."""

@@ -136,9 +136,9 @@ def train(
         storage.write_json(str(run_file), summary)
         return summary
 
-    model = models.build(
-        config.recipe.backbone, bits=config.recipe.bits, in_channels=dataset.image_shape[2]
-    )
+    model = models.build(config.recipe.backbone, bits=config.recipe.bits,
+                         in_channels=dataset.image_shape[2],
+                         shift_average=config.recipe.shift_average)  # fmt: skip
     model.load_state_dict(state["best_model"])
     if rotation != "none":
         model.set_rotation(
@@ -272,7 +272,8 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=cfg["in_channels"],
-                         pretrained_path=recipe.pretrained_path)  # fmt: skip
+                         pretrained_path=recipe.pretrained_path,
+                         shift_average=recipe.shift_average)  # fmt: skip
     loss_fn = losses.build(
         recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params
     )

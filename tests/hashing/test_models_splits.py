@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("name", models.list_models())
 def test_every_backbone_builds_offline_and_outputs_bits(name: str) -> None:
-    size = 28 if name == "smallcnn" else 64
+    size = 28 if name.startswith("smallcnn") else 64
     for channels in (1, 3):
         model = models.build(name, bits=24, in_channels=channels).eval()
         with torch.no_grad():
@@ -46,6 +46,33 @@ def test_save_load_round_trip_with_rotation(tmp_path: Path) -> None:
     # the weights file holds only tensors: it loads with weights_only=True
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_shift_average_embeds_the_mean_over_one_pixel_shifts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("smallcnn", bits=16, in_channels=1, shift_average=True).eval()
+    x = torch.randn(2, 1, 28, 28)
+    # Reference: the image and its four one-pixel moves, edge pixels repeated into the gap.
+    down = torch.cat([x[..., :1, :], x[..., :-1, :]], dim=-2)
+    up = torch.cat([x[..., 1:, :], x[..., -1:, :]], dim=-2)
+    right = torch.cat([x[..., :, :1], x[..., :, :-1]], dim=-1)
+    left = torch.cat([x[..., :, 1:], x[..., :, -1:]], dim=-1)
+    with torch.no_grad():
+        expected = torch.stack([model(v) for v in (x, down, up, right, left)]).mean(0)
+    assert torch.allclose(model.embed(x), expected, atol=1e-5)
+    assert not torch.allclose(model.embed(x), model(x), atol=1e-3)
+    # Saved with the model: encode and serve get the same codes.
+    models.save_model(model, tmp_path)
+    loaded = models.load_model(tmp_path)
+    assert loaded.config["shift_average"]
+    assert torch.allclose(loaded.embed(x), expected, atol=1e-5)
+
+
+def test_smallcnn_deep_is_smallcnn_with_one_more_conv() -> None:
+    small, deep = (models.build(n, bits=8, in_channels=1) for n in ("smallcnn", "smallcnn-deep"))
+    convs = [[m for m in net.backbone if isinstance(m, torch.nn.Conv2d)] for net in (small, deep)]
+    assert len(convs[1]) == len(convs[0]) + 1 == 4
+    assert convs[1][-1].in_channels == convs[1][-1].out_channels == 128
 
 
 def test_pretrained_weights_come_from_a_local_file(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from hashing import losses, models
 from pipelines.cli import SOURCE_NAMES, main
 from pipelines.config import load_train_config
 
@@ -85,6 +87,15 @@ def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
         load_train_config(bad, "data/x")
     with pytest.raises(ValueError, match="between 1 and 1024"):
         load_train_config(None, "data/x", {"bits": 0})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_model(path: Path) -> None:
+    recipe = load_train_config(path, "data/x").recipe
+    model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1,
+                         shift_average=recipe.shift_average)  # fmt: skip
+    losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
+    assert model.embed(torch.zeros(2, 1, 28, 28)).shape == (2, recipe.bits)
 
 
 def test_run_name_is_deterministic_and_tracks_the_recipe() -> None:
