@@ -45,7 +45,7 @@ PAPER_NOTES = {
         "0.4-0.6 or s 30, SGD, EMA, elastic jitter, more epochs, all 4,000 digits) gave "
         "0.972-0.990; seed-to-seed spread is about 0.003. The tuned cell (smallcnn-deep, m 0.4, "
         "shift-averaged codes) combines the three that helped; in the plain loop it gave 0.9912 "
-        "at seed 0 but 0.9876 at seed 1, so 0.99 is not reached reliably."
+        "at seed 0 but 0.9876 and 0.9873 at seeds 1 and 2, so 0.99 is not reached reliably."
     ),
     "sdsh": (
         "paper (authors' repo): cifar10-full .933-.939 with VGG-F; MNIST trained 12 epochs, no "
