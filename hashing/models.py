@@ -42,14 +42,17 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
 
 
 def _small_body(in_channels: int, last_block_convs: int) -> tuple[nn.Module, int]:
-    """Conv blocks of 32, 64 and 128 channels, each pooled by 2, then one dense layer of 256."""
-    last = _conv(64, 128) + [m for _ in range(last_block_convs - 1) for m in _conv(128, 128)]
-    body = nn.Sequential(
-        *_conv(in_channels, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2), *last,
-        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256),
-        nn.ReLU(True), nn.Dropout(0.3),
-    )  # fmt: skip
-    return body, 256
+    """Conv blocks of 32, 64 and 128 channels, each pooled by 2, then one dense layer of 256.
+
+    Layers are made in the order they run: the seeded initial weights depend on that order.
+    """
+    layers = [*_conv(in_channels, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2)]
+    layers += _conv(64, 128)
+    for _ in range(last_block_convs - 1):
+        layers += _conv(128, 128)
+    layers += [nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256),
+               nn.ReLU(True), nn.Dropout(0.3)]  # fmt: skip
+    return nn.Sequential(*layers), 256
 
 
 @_register("smallcnn")

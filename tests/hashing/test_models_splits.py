@@ -75,6 +75,22 @@ def test_smallcnn_deep_is_smallcnn_with_one_more_conv() -> None:
     assert convs[1][-1].in_channels == convs[1][-1].out_channels == 128
 
 
+@pytest.mark.parametrize("name", ["smallcnn", "smallcnn-deep"])
+def test_seeded_initial_weights_follow_the_layer_order(name: str) -> None:
+    # A seed must keep giving the weights it gave when the grid was trained: layers are made in
+    # the order they run, so a reference built in that order draws the same numbers.
+    torch.manual_seed(0)
+    model = models.build(name, bits=8, in_channels=1)
+    torch.manual_seed(0)
+    shapes = [(1, 32), (32, 64), (64, 128)] + [(128, 128)] * (name == "smallcnn-deep")
+    reference = [torch.nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in shapes]
+    reference.append(torch.nn.Linear(128 * 9, 256))
+    layers = [m for m in model.backbone if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == len(reference)
+    for got, expected in zip(layers, reference):
+        assert torch.equal(got.weight, expected.weight)
+
+
 def test_pretrained_weights_come_from_a_local_file(tmp_path: Path) -> None:
     source = models.build("resnet18", bits=32)
     torch.save(source.backbone.state_dict(), tmp_path / "backbone.pt")
