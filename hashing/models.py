@@ -1,9 +1,10 @@
 """Hashing networks: a backbone by name plus a hash head that outputs ``bits`` continuous values.
 
 Backbones come from a registry (``list_models()``): ``smallcnn`` (and ``smallcnn-deep``, one conv
-more) for small grey images such as MNIST, and torchvision ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``. Nothing is downloaded:
-torchvision models are built with ``weights=None`` and pretrained weights come only from a local
-file (``pretrained_path``), loaded with ``weights_only=True``.
+more) for small grey images such as MNIST, and torchvision ``alexnet``, ``vgg16``, ``resnet18``,
+``resnet50``. Nothing is downloaded: torchvision models are built with ``weights=None`` and
+pretrained weights come only from a local file (``pretrained_path``), loaded with
+``weights_only=True``.
 
 A trained model is saved as a plain state dict (``model.pt``) next to the config that rebuilds it
 (``model.json``); ``load_model`` reverses ``save_model`` without unpickling arbitrary objects.
