@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hashing.mih import ranges
+
 __all__ = ["RadiusGroups"]
 
 
@@ -51,8 +53,7 @@ class RadiusGroups:
         """One query's items as (distances int32, ids), by (distance, id): radius_search's row."""
         hits = slice(self.bounds[query], self.bounds[query + 1])
         sizes = self.stops[hits] - self.starts[hits]
-        positions = np.repeat(self.starts[hits] - (np.cumsum(sizes) - sizes), sizes)
-        ids = self.ids[positions + np.arange(sizes.sum())]
+        ids = self.ids[ranges(self.starts[hits], sizes)]
         distances = np.repeat(self.distances[hits], sizes)
         order = np.lexsort((ids, distances))
         return distances[order], ids[order]
