@@ -5,6 +5,12 @@ against. Protocol ``mnist5k`` (EVALUATION.md): 1,000 queries (100/class); the ot
 are train and database; model selection uses a validation split held out from train.
 
     python examples/train_mnist5k.py --method adsh --bits 32
+    python examples/train_mnist5k.py --config configs/mnist5k-adsh-48-tuned.yaml --seed 1
+    python examples/train_mnist5k.py --config configs/mnist5k-adsh-48-tuned.yaml --set batch_size=32
+
+``--config`` takes the recipe of a pipeline config (its ``recipe:`` section); ``--set`` changes
+one recipe key (the value is read as YAML). The pipeline reads the same recipe, so both train the
+same model up to data order (Ray Data shuffles with a local buffer).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 from hashing import engine, losses, models, splits
 from hashing.augment import RandomAffine
@@ -35,13 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--method", default="adsh")
-    parser.add_argument("--bits", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=Recipe.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", help="a pipeline config YAML whose recipe to train")
+    parser.add_argument("--method", help=f"loss (default: the config's, else {Recipe.method})")
+    parser.add_argument("--bits", type=int, help=f"code length (default {Recipe.bits})")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {Recipe.epochs})")
+    parser.add_argument("--seed", type=int, help="seed of init, order and holdout (default 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more recipe key, e.g. batch_size=32 (repeatable)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    recipe = Recipe(method=args.method, bits=args.bits, epochs=args.epochs, seed=args.seed)
+    recipe = _recipe(args)
     torch.manual_seed(recipe.seed)
     start = time.perf_counter()
 
@@ -53,7 +63,9 @@ def main() -> None:
     fit_rows, val_rows = split["train"][keep], split["train"][val]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1).to(device)
+    model = models.build(
+        recipe.backbone, bits=recipe.bits, in_channels=1, shift_average=recipe.shift_average
+    ).to(device)
     loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
     loss_fn.to(device)
     objective = engine.Objective(model, loss_fn)
@@ -90,11 +102,30 @@ def main() -> None:
         model, batches(x[split["query"]], y[split["query"]], 512, None),
         batches(x[split["train"]], y[split["train"]], 512, None), device,
     )  # fmt: skip
-    result.update(method=recipe.method, bits=recipe.bits, protocol="mnist5k",
-                  best_val_map=best, seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+    result.update(method=recipe.method, bits=recipe.bits, protocol="mnist5k", best_val_map=best,
+                  seconds=round(time.perf_counter() - start, 1), recipe=recipe.to_dict())  # fmt: skip
     print(json.dumps(result) if args.json else
           f"mnist5k {recipe.method} {recipe.bits} bits: tie-aware mAP@all {result['map_tie_aware']:.4f}"
           f"  id-order {result['map_id_order']:.4f}  ({result['seconds']} s)")  # fmt: skip
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    """The config's recipe (or the defaults), then ``--set`` keys, then the named flags."""
+    values = {}
+    if args.config:
+        with open(args.config) as handle:
+            values = (yaml.safe_load(handle) or {}).get("recipe", {})
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    flags = {"method": args.method, "bits": args.bits, "epochs": args.epochs, "seed": args.seed}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    try:
+        return Recipe.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"bad recipe: {err}") from err
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ say otherwise (hashing needs one image size).
 
 Memory: rows stream through Ray Data in blocks; the driver holds a block at a time, a summary row
 (id, labels, reason: some 50 bytes) per image and one output part; the images themselves are only in
-the on-disk spool. Listing a file corpus costs the driver about 2 KB per file while it lasts
-(pyarrow's file infos, ids, paths). tests/pipelines/test_prepare_memory.py checks that 10x the
+the on-disk spool. Listing a file corpus costs the driver up to about 2 KB per file while it lasts
+(ids, paths; pyarrow's file infos on S3). tests/pipelines/test_prepare_memory.py checks that 10x the
 images takes no more memory; benchmarks/prepare_throughput.py measures it at 10k and 100k.
 """
 
