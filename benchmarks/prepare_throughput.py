@@ -3,13 +3,18 @@
 The corpus is N small JPEGs (32 x 32, 10 class folders), generated once into --workdir. Both sides
 read every file, decode, validate, fix orientation and mode, resize and PNG-encode it with the same
 function (``pipelines.images.normalize_image``) and write the results as Parquet parts; the ratio
-is prepare / loop in images per second, measured in back-to-back pairs (the machine may be shared).
+is prepare / loop in images per second, measured in back-to-back rounds (the machine may be shared).
 ``prepare`` also lists the corpus, draws the split and sorts each split by id, as the real command
 does; Ray start-up is timed apart, not in the ratio.
 
+The machine's own ceiling: each round also runs the same loop split over one process per core
+(files interleaved, no Ray), from a pool started before the cluster. Its ratio to the loop is what
+perfect parallelism gets on this machine (a shared VM: less than the core count), and prepare's
+ratio over it is the share of that ceiling Ray keeps.
+
 Memory: each measurement runs in a fresh child process, whose sampler thread polls that process
 and all its descendants (for Ray: the driver, raylet, GCS and every worker) every 0.2 s, but only
-in runs kept for memory: one loop alone and one extra warm prepare. The timed pairs run unsampled,
+in runs kept for memory: one loop alone and one extra warm prepare. The timed runs are unsampled,
 since the sampler is not free and its cost grows with the processes it reads: reading
 smaps_rollup of Ray's dozen processes (each mapping the object store) cost the driver about 50 us
 of CPU per image at 100k, a sixth of the work, and on 2 busy cores it took that from the workers,
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.pool
 import os
 import platform
 import subprocess
@@ -185,8 +192,11 @@ class TreeMonitor:
 # The two contestants (each runs in its own child process)
 
 
-def run_loop(corpus: Path, out: Path) -> dict:
-    """The single-process PIL loop: same per-image work as prepare, Parquet parts of PART_ROWS."""
+def run_loop(corpus: Path, out: Path, share: int = 0, shares: int = 1) -> dict:
+    """The single-process PIL loop: same per-image work as prepare, Parquet parts of PART_ROWS.
+
+    With ``shares`` > 1 it does every ``shares``-th file from ``share`` (one process of the
+    parallel loop), writing parts of its own."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -194,7 +204,7 @@ def run_loop(corpus: Path, out: Path) -> dict:
 
     start = time.perf_counter()
     classes = sorted(p.name for p in corpus.iterdir() if p.is_dir())
-    files = sorted(p for name in classes for p in (corpus / name).iterdir())
+    files = sorted(p for name in classes for p in (corpus / name).iterdir())[share::shares]
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list] = {"id": [], "image": [], "labels": []}
     parts = kept = 0
@@ -203,7 +213,7 @@ def run_loop(corpus: Path, out: Path) -> dict:
         nonlocal parts
         table = pa.table({"id": rows["id"], "image": pa.array(rows["image"], pa.binary()),
                           "labels": pa.array(rows["labels"], pa.list_(pa.int32()))})  # fmt: skip
-        pq.write_table(table, out / f"part-{parts:05d}.parquet")
+        pq.write_table(table, out / f"part-{share}-{parts:05d}.parquet")
         parts += 1
         for column in rows.values():
             column.clear()
@@ -261,18 +271,52 @@ def run_loop_alone(corpus: Path, out: Path, monitor: TreeMonitor) -> dict:
     return _timed_run(monitor, lambda: run_loop(corpus, out)["images"], sampled=True)
 
 
+def _loop_share(corpus: Path, out: Path, share: int, shares: int) -> int:
+    """Images kept by one process of the parallel loop (a pool worker)."""
+    return run_loop(corpus, out, share, shares)["images"]
+
+
+def _import_loop_modules() -> None:
+    """Pool initializer: the loop's imports, outside the timed runs."""
+    import pyarrow.parquet  # noqa: F401
+
+    import pipelines.images  # noqa: F401
+
+
+def _pid_after_a_moment(_: int) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def _loop_pool(processes: int) -> multiprocessing.pool.Pool:
+    """``processes`` spawned processes with the loop's modules imported, every one of them up."""
+    pool = multiprocessing.get_context("spawn").Pool(processes, _import_loop_modules)
+    while len(set(pool.map(_pid_after_a_moment, range(2 * processes), chunksize=1))) < processes:
+        pass
+    return pool
+
+
+def _parallel_loop(pool: multiprocessing.pool.Pool, shares: int, corpus: Path, out: Path) -> int:
+    """The loop split into ``shares`` over the pool's processes; images kept in all."""
+    return sum(pool.starmap(_loop_share, [(corpus, out, k, shares) for k in range(shares)]))
+
+
 def run_pairs(
     corpus: Path, out: Path, ray_cpus: int, repeat: int, monitor: TreeMonitor
 ) -> dict:  # fmt: skip
     """hashray prepare on one fresh local Ray cluster: once cold (Ray's workers and Ray Data's
-    helper actors start during the run), then ``repeat`` pairs of (PIL loop, warm prepare) back
-    to back, so both halves of a pair meet the same load from the machine's other tenants (the
-    idle cluster costs the loop a little), then one warm prepare sampled for memory. Ray start-up
-    is timed apart."""
+    helper actors start during the run), then ``repeat`` rounds of (PIL loop, warm prepare,
+    parallel PIL loop) back to back, so all three meet the same load from the machine's other
+    tenants (the idle cluster costs the loops a little), then one warm prepare sampled for
+    memory. Ray start-up is timed apart."""
     import ray
 
     from pipelines import prepare as prepare_module
 
+    # Started (spawned: no Ray threads to fork) before the cluster, so the timed parallel runs
+    # hold only the work; each process lists the corpus, as the loop does.
+    cores = os.cpu_count() or 1
+    pool = _loop_pool(cores)
     start = time.perf_counter()
     ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
@@ -295,18 +339,18 @@ def run_pairs(
         return {**run, "phases_s": {name: phases[key] for name, key in names.items()}}
 
     cold = one()
-    loops, warm = [], []
+    loop_out = out.with_name(out.name + "-loop")
+    loops, warm, parallel = [], [], []
     for _ in range(repeat):
-        loops.append(
-            _timed_run(
-                monitor, lambda: run_loop(corpus, out.with_name(out.name + "-loop"))["images"]
-            )
-        )
+        loops.append(_timed_run(monitor, lambda: run_loop(corpus, loop_out)["images"]))
         warm.append(one())
+        parallel.append(_timed_run(monitor, lambda: _parallel_loop(pool, cores, corpus, loop_out)))
     memory = one(sampled=True)
     ray.shutdown()
-    return {"cold": cold, "loops": loops, "warm": warm, "memory": memory, "ray_startup_s": startup,
-            "ray_idle_tree_pss": idle["tree_pss"], "ray_idle_processes": idle["processes"]}  # fmt: skip
+    pool.close()
+    return {"cold": cold, "loops": loops, "warm": warm, "parallel_loops": parallel,
+            "memory": memory, "ray_startup_s": startup, "ray_idle_tree_pss": idle["tree_pss"],
+            "ray_idle_processes": idle["processes"]}  # fmt: skip
 
 
 def child(args: argparse.Namespace) -> None:
@@ -343,7 +387,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--repeat", type=int, default=3, help="(loop, warm prepare) pairs")
+    parser.add_argument("--repeat", type=int, default=3, help="(loop, warm prepare, parallel loop) rounds")
     parser.add_argument("--workdir", default="/tmp/hashray-bench-prepare", help="corpus cache")
     # What pipelines.cluster.connect gives the local cluster of `hashray prepare`: on 2 cores,
     # 4 logical CPUs, so a task waiting to be scheduled never leaves a core idle.
@@ -377,10 +421,16 @@ def main() -> None:
             warm["images_per_s"] / loop_run["images_per_s"]
             for loop_run, warm in zip(ray_run["loops"], ray_run["warm"])
         ]
+        ceiling = [
+            parallel["images_per_s"] / loop_run["images_per_s"]
+            for loop_run, parallel in zip(ray_run["loops"], ray_run["parallel_loops"])
+        ]
         sizes.append({
             "images": n, "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
             "loop_alone": loop, "prepare": ray_run, "ratio_warm_pairs": pairs,
-            "ratio_warm": _median(pairs),
+            "ratio_warm": _median(pairs), "ratio_parallel_loop_pairs": ceiling,
+            "ratio_parallel_loop": _median(ceiling),
+            "share_of_parallel_loop": _median([p / c for p, c in zip(pairs, ceiling)]),
             "ratio_cold": ray_run["cold"]["images_per_s"]
             / _median([loop_run["images_per_s"] for loop_run in ray_run["loops"]]),
         })  # fmt: skip
@@ -416,9 +466,12 @@ def markdown(result: dict) -> str:
          f"logical CPUs, as `hashray prepare` starts it; its workers at nice "
          f"{result['ray_worker_nice']}, the loop at 0); {result['image']}. After one cold "
          "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors start "
-         f"inside it), {result['repeat']} pairs of (PIL loop, warm prepare) run back to back; "
-         "the ratio is the median over pairs, so both sides meet the same load from the "
-         "machine's other tenants. Ray start-up is not in the ratio. CPU: user + system seconds "
+         f"inside it), {result['repeat']} rounds of (PIL loop, warm prepare, parallel PIL loop) "
+         "run back to back; each ratio is the median over rounds, so all three meet the same "
+         "load from the machine's other tenants. Ray start-up is not in the ratio. The parallel "
+         "loop is the same loop split over one process per core without Ray: its ratio is the "
+         "most any parallel job gets from this machine, and prepare / parallel the share of it "
+         "that prepare keeps. CPU: user + system seconds "
          "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
          "shared pages once; private: PSS without shared memory such as Ray's object store, "
          "which Ray caps; RSS in every process), sampled every 0.2 s only in the runs kept for "
@@ -426,19 +479,22 @@ def markdown(result: dict) -> str:
          "sampler's own CPU would slow the timed runs."),
         "",
         ("| images | loop img/s | prepare cold img/s | ratio cold | prepare warm img/s "
-         "| ratio warm (pairs) | CPU us/img loop / prepare | load 1m (before -> after) |"),
-        "|---|---|---|---|---|---|---|---|",
+         "| ratio warm (rounds) | parallel loop ratio (rounds) | prepare / parallel loop "
+         "| CPU us/img loop / prepare | load 1m (before -> after) |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for size in result["sizes"]:
         run = size["prepare"]
         loop_ips = _median([r["images_per_s"] for r in run["loops"]])
         warm_ips = _median([r["images_per_s"] for r in run["warm"]])
         pairs = ", ".join(f"{x:.2f}" for x in size["ratio_warm_pairs"])
+        ceiling = ", ".join(f"{x:.2f}" for x in size["ratio_parallel_loop_pairs"])
         cpu_loop = _median([r["cpu_us_per_image"] for r in run["loops"]])
         cpu_warm = _median([r["cpu_us_per_image"] for r in run["warm"]])
         lines.append(
             f"| {size['images']:,} | {loop_ips:.0f} | {run['cold']['images_per_s']:.0f} | "
             f"{size['ratio_cold']:.2f} | {warm_ips:.0f} | {size['ratio_warm']:.2f} ({pairs}) | "
+            f"{size['ratio_parallel_loop']:.2f} ({ceiling}) | {size['share_of_parallel_loop']:.2f} | "
             f"{cpu_loop:.0f} / {cpu_warm:.0f} | "
             f"{size['load_avg_1m_before']:.1f} -> {size['load_avg_1m_after']:.1f} |"
         )
@@ -456,7 +512,11 @@ def markdown(result: dict) -> str:
             + " |"
         )
         lines.append(
-            f"| {n} | PIL loop in pairs | {_seconds(size['prepare']['loops'])} | - | | | | | |"
+            f"| {n} | PIL loop in rounds | {_seconds(size['prepare']['loops'])} | - | | | | | |"
+        )
+        lines.append(
+            f"| {n} | parallel PIL loop in rounds | {_seconds(size['prepare']['parallel_loops'])} "
+            "| - | | | | | |"
         )
         run = size["prepare"]
         for name, runs in (("cold", [run["cold"]]), ("warm", run["warm"]),
