@@ -8,7 +8,7 @@ is prepare / loop in images per second, measured in back-to-back rounds (the mac
 does; Ray start-up is timed apart, not in the ratio.
 
 The machine's own ceiling: each round also runs the same loop split over one process per core
-(files interleaved, no Ray), from a pool started before the cluster. Its ratio to the loop is what
+(files interleaved, no Ray), in a process of its own. Its ratio to the loop is what
 perfect parallelism gets on this machine (a shared VM: less than the core count), and prepare's
 ratio over it is the share of that ceiling Ray keeps.
 
@@ -276,11 +276,10 @@ def _loop_share(corpus: Path, out: Path, share: int, shares: int) -> int:
     return run_loop(corpus, out, share, shares)["images"]
 
 
-def _import_loop_modules() -> None:
-    """Pool initializer: the loop's imports, outside the timed runs."""
-    import pyarrow.parquet  # noqa: F401
-
-    import pipelines.images  # noqa: F401
+def _warm_loop_process(corpus: Path, out: Path) -> None:
+    """Pool initializer: the loop once over a single file, so the timed run finds the imports
+    done and Pillow's codecs and pyarrow's writer set up, as in the warm single loop."""
+    run_loop(corpus, out / f"warm-up-{os.getpid()}", share=0, shares=10**9)
 
 
 def _pid_after_a_moment(_: int) -> int:
@@ -288,17 +287,22 @@ def _pid_after_a_moment(_: int) -> int:
     return os.getpid()
 
 
-def _loop_pool(processes: int) -> multiprocessing.pool.Pool:
-    """``processes`` spawned processes with the loop's modules imported, every one of them up."""
-    pool = multiprocessing.get_context("spawn").Pool(processes, _import_loop_modules)
+def _loop_pool(processes: int, corpus: Path, out: Path) -> multiprocessing.pool.Pool:
+    """``processes`` spawned processes, each warmed by one loop over a file, all of them up."""
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(processes, _warm_loop_process, (corpus, out))
     while len(set(pool.map(_pid_after_a_moment, range(2 * processes), chunksize=1))) < processes:
         pass
     return pool
 
 
-def _parallel_loop(pool: multiprocessing.pool.Pool, shares: int, corpus: Path, out: Path) -> int:
-    """The loop split into ``shares`` over the pool's processes; images kept in all."""
-    return sum(pool.starmap(_loop_share, [(corpus, out, k, shares) for k in range(shares)]))
+def run_parallel_loop(corpus: Path, out: Path, monitor: TreeMonitor) -> dict:
+    """The loop split over one process per core (files interleaved), timed once the pool's
+    processes are up and warm."""
+    cores = os.cpu_count() or 1
+    with _loop_pool(cores, corpus, out) as pool:
+        shares = [(corpus, out, k, cores) for k in range(cores)]
+        return _timed_run(monitor, lambda: sum(pool.starmap(_loop_share, shares)))
 
 
 def run_pairs(
@@ -313,10 +317,6 @@ def run_pairs(
 
     from pipelines import prepare as prepare_module
 
-    # Started (spawned: no Ray threads to fork) before the cluster, so the timed parallel runs
-    # hold only the work; each process lists the corpus, as the loop does.
-    cores = os.cpu_count() or 1
-    pool = _loop_pool(cores)
     start = time.perf_counter()
     ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
@@ -344,10 +344,11 @@ def run_pairs(
     for _ in range(repeat):
         loops.append(_timed_run(monitor, lambda: run_loop(corpus, loop_out)["images"]))
         warm.append(one())
-        parallel.append(_timed_run(monitor, lambda: _parallel_loop(pool, cores, corpus, loop_out)))
+        # A process of its own (which starts its pool, then times the work): no Ray threads to
+        # fork, and its processes are gone before the memory run samples this tree.
+        parallel.append(_run_child("parallel", corpus, loop_out))
     memory = one(sampled=True)
     ray.shutdown()
-    pool.close()
     return {"cold": cold, "loops": loops, "warm": warm, "parallel_loops": parallel,
             "memory": memory, "ray_startup_s": startup, "ray_idle_tree_pss": idle["tree_pss"],
             "ray_idle_processes": idle["processes"]}  # fmt: skip
@@ -359,6 +360,8 @@ def child(args: argparse.Namespace) -> None:
     with TreeMonitor() as monitor:
         if args.child == "loop":
             result = run_loop_alone(corpus, out, monitor)
+        elif args.child == "parallel":
+            result = run_parallel_loop(corpus, out, monitor)
         else:
             result = run_pairs(corpus, out, args.ray_cpus, args.repeat, monitor)
     print(json.dumps(result))
@@ -370,10 +373,18 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(kind: str, corpus: Path, out: Path, args: argparse.Namespace) -> dict:
     """One contestant in a fresh Python process; its JSON result."""
-    command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus), "--out", str(out),
-               "--ray-cpus", str(args.ray_cpus), "--repeat", str(args.repeat)]  # fmt: skip
     # Read by ray.init and passed on to the raylet, which starts the workers at this niceness.
     environment = {**os.environ, "RAY_worker_niceness": str(args.worker_nice)}
+    options = ("--ray-cpus", str(args.ray_cpus), "--repeat", str(args.repeat))
+    return _run_child(kind, corpus, out, options, environment)
+
+
+def _run_child(
+    kind: str, corpus: Path, out: Path, options: tuple[str, ...] = (), environment: dict | None = None
+) -> dict:  # fmt: skip
+    """``--child kind`` of this script in a fresh Python process; the JSON it prints."""
+    command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus),
+               "--out", str(out), *options]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -387,7 +398,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--repeat", type=int, default=3, help="(loop, warm prepare, parallel loop) rounds")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="(loop, warm prepare, parallel loop) rounds"
+    )
     parser.add_argument("--workdir", default="/tmp/hashray-bench-prepare", help="corpus cache")
     # What pipelines.cluster.connect gives the local cluster of `hashray prepare`: on 2 cores,
     # 4 logical CPUs, so a task waiting to be scheduled never leaves a core idle.
@@ -403,7 +416,7 @@ def main() -> None:
         default=0,
         help="niceness of Ray's workers (Ray's default: 15; default here: 0)",
     )
-    parser.add_argument("--child", choices=["loop", "prepare"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["loop", "parallel", "prepare"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
