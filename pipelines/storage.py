@@ -101,10 +101,16 @@ def walk(path: str) -> Iterator[tuple[str, bool]]:
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
             yield info.path.removeprefix(prefix), info.type == pafs.FileType.File
         return
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{path}: no such folder")
+
+    def refuse(error: OSError) -> None:  # os.walk would skip an unreadable folder without a word
+        raise error
+
     # Real paths of the folders each walked folder was reached through: a link to one of them
     # would loop. A folder reached twice along different paths is listed twice, as pyarrow does.
     chains = {root: frozenset()}
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, onerror=refuse, followlinks=True):
         real, chain = os.path.realpath(folder), chains.pop(folder)
         if real in chain:
             dirs.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pyarrow.fs as pafs
+import pytest
 
 from pipelines import storage
 
@@ -45,3 +46,27 @@ def test_walk_survives_a_link_back_up_the_tree(tmp_path):
     # so prepare reports it as a missing file instead of dropping it silently.
     assert walked == {("cats", False), ("cats/a.jpg", True), ("cats/up", False),
                       ("cats/gone.jpg", True)}  # fmt: skip
+
+
+def test_walk_refuses_a_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list(storage.walk(str(tmp_path / "nowhere")))
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list(storage.walk(str(tmp_path / "file.jpg")))
+
+
+def test_walk_stops_at_an_unreadable_folder(tmp_path, monkeypatch):
+    # os.walk skips folders it cannot read without a word; the listing must not lose them so.
+    # Tests run as root here, which reads any folder, so the refusal comes from os.scandir.
+    (tmp_path / "cats" / "locked").mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def scandir(folder):
+        if str(folder).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError):
+        list(storage.walk(str(tmp_path)))
