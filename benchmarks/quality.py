@@ -1,4 +1,4 @@
-"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode -> evaluate.
+r"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode -> evaluate.
 
 Seed methods x bits and baselines x bits on ``mnist5k`` (or any protocol a local corpus supports),
 plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
