@@ -83,6 +83,22 @@ def tuned_recipe(path: str) -> dict[str, Any]:
     return load_train_config(path, data="-").recipe.to_dict()
 
 
+def tuned_cells(
+    paths: list[str], seeds: list[int]
+) -> dict[str, tuple[str, dict[str, Any], str]]:  # fmt: skip
+    """Tuned cells: key -> (config path, recipe, run name). Each config's own recipe is keyed by
+    its file name; every other seed in ``seeds`` adds "<file name> seed <n>"."""
+    cells = {}
+    for path in paths:
+        recipe, name = tuned_recipe(path), Path(path).name
+        cells[name] = (path, recipe, Path(path).stem)
+        for seed in seeds:
+            if seed != recipe["seed"]:
+                cells[f"{name} seed {seed}"] = (path, {**recipe, "seed": seed},
+                                                f"{Path(path).stem}-seed{seed}")  # fmt: skip
+    return cells
+
+
 def _same_recipe(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
     """Whether a cached cell was trained with ``wanted``; a recipe key added since then counts
     at its default."""
@@ -295,6 +311,9 @@ def main() -> None:
     parser.add_argument("--tuned", default=None,
                         help="comma-separated train configs trained as extra, tuned cells "
                         "(default: configs/<source>-*-tuned.yaml; '' for none)")  # fmt: skip
+    parser.add_argument("--tuned-seeds", default="",
+                        help="more seeds for every tuned config, e.g. 1,2: one more cell each "
+                        "(the config's own seed is always trained)")  # fmt: skip
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     parser.add_argument("--backbone", default="smallcnn")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -348,7 +367,7 @@ def main() -> None:
             str(path.relative_to(configs.parent))
             for path in sorted(configs.glob(f"{args.source}-*-tuned.yaml"))
         )
-    tuned = {Path(path).name: (path, tuned_recipe(path)) for path in args.tuned.split(",") if path}
+    tuned = tuned_cells([path for path in args.tuned.split(",") if path], _ints(args.tuned_seeds))
     grid = [(m, b, "deep") for m in args.methods.split(",") if m for b in _ints(args.bits)]
     grid += [
         (m, b, "deep") for m in args.baselines.split(",") if m for b in _ints(args.baseline_bits)
@@ -363,7 +382,7 @@ def main() -> None:
     # stored cells stay in the table (flagged) until their rerun replaces them.
     current = {key for key, recipe in wanted.items() if key in results["cells"]
                and (recipe is None or _same_recipe(results["cells"][key].get("recipe"), recipe))}  # fmt: skip
-    current |= {name for name, (_, recipe) in tuned.items()
+    current |= {name for name, (_, recipe, _) in tuned.items()
                 if _same_recipe(results["tuned"].get(name, {}).get("recipe"), recipe)}  # fmt: skip
     pending = [key for key in [*wanted, *tuned] if key not in current]
     if previous and not any(key in pending for key in wanted):
@@ -387,15 +406,15 @@ def main() -> None:
         pending.remove(key)
         print(f"{key}: tie-aware mAP {cell['map_tie_aware']:.4f}", flush=True)
         write_outputs(results, pending)
-    for name, (path, recipe) in tuned.items():
+    for name, (path, recipe, run_name) in tuned.items():
         if name in current:
             continue
-        print(f"{path} ...", flush=True)
-        cell = run_cell(data, workdir, recipe, args, Path(name).stem)
+        print(f"{name} ...", flush=True)
+        cell = run_cell(data, workdir, recipe, args, run_name)
         cell.update(config=path, command=command, machine=machine)
         results["tuned"][name] = cell
         pending.remove(name)
-        print(f"{path}: tie-aware mAP {cell['map_tie_aware']:.4f}", flush=True)
+        print(f"{name}: tie-aware mAP {cell['map_tie_aware']:.4f}", flush=True)
         write_outputs(results, pending)
 
 
