@@ -28,6 +28,7 @@ from hashing import engine, losses, models, splits
 from hashing.augment import RandomAffine
 from hashing.datasets import load_mnist5k
 from hashing.recipe import Recipe
+from pipelines.config import load_train_config
 
 
 def batches(images: torch.Tensor, labels: torch.Tensor, size: int, shuffle: torch.Generator | None):
@@ -112,9 +113,8 @@ def main() -> None:
 def _recipe(args: argparse.Namespace) -> Recipe:
     """The config's recipe (or the defaults), then ``--set`` keys, then the named flags."""
     values = {}
-    if args.config:
-        with open(args.config) as handle:
-            values = (yaml.safe_load(handle) or {}).get("recipe", {})
+    if args.config:  # read as the pipeline reads it; the plain loop needs no dataset folder
+        values = load_train_config(args.config, data="-").recipe.to_dict()
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep:

@@ -27,11 +27,15 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "model.json"
 
 _BACKBONES: dict[str, Callable[[int], tuple[nn.Module, int]]] = {}
+# Channels each backbone was designed for (None: any); grey input is repeated to 3 channels for
+# torchvision.
+_NATIVE_CHANNELS: dict[str, int | None] = {}
 
 
-def _register(name: str):
+def _register(name: str, native_channels: int | None = None):
     def wrap(factory: Callable[[int], tuple[nn.Module, int]]):
         _BACKBONES[name] = factory
+        _NATIVE_CHANNELS[name] = native_channels
         return factory
 
     return wrap
@@ -84,17 +88,7 @@ def _torchvision_body(name: str) -> Callable[[int], tuple[nn.Module, int]]:
 
 
 for _name in ("alexnet", "vgg16", "resnet18", "resnet50"):
-    _register(_name)(_torchvision_body(_name))
-
-# Channels each backbone was designed for; grey input is repeated to 3 channels for torchvision.
-_NATIVE_CHANNELS = {
-    "smallcnn": None,
-    "smallcnn-deep": None,
-    "alexnet": 3,
-    "vgg16": 3,
-    "resnet18": 3,
-    "resnet50": 3,
-}
+    _register(_name, native_channels=3)(_torchvision_body(_name))
 
 
 def list_models() -> list[str]:
