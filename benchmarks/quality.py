@@ -250,7 +250,7 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
         cell = cells[key]
         epochs = cell.get("recipe", {}).get("epochs", cell.get("epochs"))
         selected = f"{cell.get('best_epoch', '?')} / {epochs}" if epochs else "-"
-        val = f"{cell['best_val_map']:.4f}" if "best_val_map" in cell else "-"
+        val = f"{cell['best_val_map']:.4f}" if cell.get("best_val_map") is not None else "-"
         lines.append(f"| {key} | {cell['map_tie_aware']:.4f} | {cell['map_id_order']:.4f} | "
                      f"{cell['precision_radius_2']:.4f} | {selected} | {val} | {cell['train_seconds']} |")  # fmt: skip
     lines += ["", "## Against the papers", ""]

@@ -28,6 +28,7 @@ class Recipe:
     warmup_epochs: int = 1
     augment: bool = True
     seed: int = 0
+    # Share of train held out to pick the best epoch; 0 fits every row and keeps the last epoch.
     val_fraction: float = 0.1
     loss_params: dict[str, Any] = field(default_factory=dict)
     # Method stages (a loss's ``stages``); None picks the method's default.

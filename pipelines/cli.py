@@ -209,8 +209,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     PreparedDataset.open(config.data)  # fail on a wrong path before starting Ray
     connect()
     summary = train(config, progress=not args.json, stop_after_epochs=args.stop_after_epochs)
-    _say(args, f"run {summary['name']}: {summary['status']}, best val mAP {summary['best_val_map']:.4f} "
-               f"(epoch {summary['best_epoch']}); model {summary.get('model_dir', '-')}")  # fmt: skip
+    val_map = summary["best_val_map"]
+    selected = (f"last epoch ({summary['best_epoch']}, no validation split)" if val_map is None
+                else f"best val mAP {val_map:.4f} (epoch {summary['best_epoch']})")  # fmt: skip
+    _say(args, f"run {summary['name']}: {summary['status']}, {selected}; "
+               f"model {summary.get('model_dir', '-')}")  # fmt: skip
     return summary
 
 

@@ -128,11 +128,17 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    validated = [h for h in history if "val_map" in h]  # none when no validation split is held out
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(9 if validated else 4.5, 3.5),
+                             squeeze=False)  # fmt: skip
+    left = axes[0, 0]
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    right.plot(epochs, [h["val_map"] for h in history], marker="o", color="tab:green")
-    right.set(xlabel="epoch", ylabel="tie-aware mAP@all", title="validation mAP")
+    if validated:
+        right = axes[0, 1]
+        right.plot([h["epoch"] for h in validated], [h["val_map"] for h in validated], marker="o",
+                   color="tab:green")  # fmt: skip
+        right.set(xlabel="epoch", ylabel="tie-aware mAP@all", title="validation mAP")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,7 +5,8 @@ the MLflow run, and starts the workers. Each worker trains on its shard of the R
 rank 0 validates, logs to MLflow and writes one checkpoint per epoch (``epoch-NNN``). Running the
 same command again resumes from the last checkpoint into the same MLflow run, and once a run has
 finished it returns the stored result instead of training twice. The best epoch on the validation
-split (never the queries) becomes ``<out>/<name>/model`` and the run's registered MLflow model.
+split (never the queries) becomes ``<out>/<name>/model`` and the run's registered MLflow model;
+with ``val_fraction`` 0 nothing is held out and the last epoch does.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def train(
     validation mAP, status (``finished`` or ``stopped``).
     """
     dataset = PreparedDataset.open(config.data)
+    stages = losses.build(config.recipe.method, bits=config.recipe.bits, num_classes=dataset.num_classes,
+                          **config.recipe.loss_params).stages  # fmt: skip
+    pretrain_epochs, rotation = config.recipe.stage_plan(stages)
+    if rotation != "none" and config.recipe.val_fraction == 0:
+        raise ValueError(f"the {rotation!r} rotation is fitted on the validation split held out "
+                         f"from train; val_fraction 0 holds none out (use e.g. 0.1, or rotation: none)")  # fmt: skip
     name = config.run_name(dataset.meta["name"])
     run_dir = Path(config.out).resolve() / name
     run_file = run_dir / RUN_FILE
@@ -128,9 +135,6 @@ def train(
         "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in state["history"]])),
         "status": "running",
     }
-    stages = losses.build(config.recipe.method, bits=config.recipe.bits, num_classes=dataset.num_classes,
-                          **config.recipe.loss_params).stages  # fmt: skip
-    pretrain_epochs, rotation = config.recipe.stage_plan(stages)
     if state["epoch"] + 1 < pretrain_epochs + config.recipe.epochs:
         summary["status"] = "stopped"
         storage.write_json(str(run_file), summary)
@@ -194,8 +198,14 @@ def _fit_rotation(
 def _validation_split(
     dataset: PreparedDataset, config: TrainConfig
 ) -> tuple[list[str], list[str], list[str]]:
-    """(fit ids, validation query ids, validation database ids), all sorted; seeded by the recipe."""
+    """(fit ids, validation query ids, validation database ids), all sorted; seeded by the recipe.
+
+    ``val_fraction`` 0 holds nothing out: every training row is fit and both validation lists
+    are empty (the last epoch becomes the model).
+    """
     ids = np.sort(_read_column(dataset.split_files("train"), "id"))
+    if config.recipe.val_fraction == 0:
+        return ids.tolist(), [], []
     keep, held = splits.holdout(len(ids), config.recipe.val_fraction, seed=config.recipe.seed)
     if len(held) == 0 or len(keep) == 0:
         raise ValueError(
@@ -305,10 +315,11 @@ def _train_loop(cfg: dict[str, Any]) -> None:
 
     validation, logger = None, None
     if rank == 0:
-        validation = [
-            _load_rows(cfg["train_files"], cfg[key], cfg["num_classes"])
-            for key in ("val_ids", "val_db_ids")
-        ]
+        if cfg["val_ids"]:  # none held out (val_fraction 0): the last epoch is the model
+            validation = [
+                _load_rows(cfg["train_files"], cfg[key], cfg["num_classes"])
+                for key in ("val_ids", "val_db_ids")
+            ]
         logger = tracking.RunLogger(cfg["tracking_uri"], cfg["mlflow_run_id"])
 
     shard = ray.train.get_dataset_shard("train")
@@ -330,18 +341,21 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics)
         else:
             inner = getattr(objective, "module", objective)
-            metrics["val_map"] = _validate(inner.model, validation, device)
+            val_map = None if validation is None else _validate(inner.model, validation, device)
+            if val_map is not None:
+                metrics["val_map"] = val_map
             metrics["epoch_seconds"] = time.perf_counter() - start
             state["history"].append(metrics)
-            if metrics["val_map"] > state["best_val_map"]:
-                state.update(best_epoch=epoch, best_val_map=metrics["val_map"],
+            if val_map is None or val_map > state["best_val_map"]:
+                state.update(best_epoch=epoch, best_val_map=val_map,
                              best_model={k: v.detach().cpu().clone() for k, v in inner.model.state_dict().items()})  # fmt: skip
             state["epoch"] = epoch
             logger.log_metrics(metrics, step=epoch + 1)
             if cfg["progress"]:
                 # not print(): Ray Train patches it to log and echo, so every line came out twice
+                val_text = "" if val_map is None else f"val mAP {val_map:.4f}  "
                 sys.stdout.write(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
-                                 f"val mAP {metrics['val_map']:.4f}  {stats['images_per_s']:.0f} img/s\n")  # fmt: skip
+                                 f"{val_text}{stats['images_per_s']:.0f} img/s\n")  # fmt: skip
                 sys.stdout.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),

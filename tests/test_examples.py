@@ -38,3 +38,12 @@ def test_unknown_recipe_key_is_a_clear_error():
     done = _run("--set", "batch_sise=32", "--epochs", "1")
     assert done.returncode != 0
     assert "batch_sise" in done.stderr and "batch_size" in done.stderr  # names the valid keys
+
+
+@pytest.mark.timeout(600)
+def test_val_fraction_zero_trains_on_every_row_and_keeps_the_last_epoch():
+    done = _run("--epochs", "1", "--set", "val_fraction=0", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["recipe"]["val_fraction"] == 0 and result["best_val_map"] is None
+    assert 0.3 < result["map_tie_aware"] <= 1.0

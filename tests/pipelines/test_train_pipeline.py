@@ -108,6 +108,47 @@ def test_prepare_train_resume_encode_evaluate(
     assert logged["eval_map_tie_aware"] == pytest.approx(report["map_tie_aware"])
 
 
+def test_val_fraction_zero_fits_every_row_and_keeps_the_last_epoch(
+    ray_cluster, digits_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = str(tmp_path / "data")
+    meta = prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tmp_path / "all-rows.yaml"
+    config.write_text(f"recipe: {{epochs: 2, batch_size: 32, val_fraction: 0}}\n"
+                      f"workers: 1\ncpus_per_worker: 0.5\ntracking_uri: '{tracking_uri}'\n")  # fmt: skip
+    out = str(tmp_path / "runs")
+    assert main(["train", "--data", data, "--config", str(config), "--out", out]) == 0
+    assert "last epoch (2, no validation split)" in capsys.readouterr().out
+
+    (run_dir,) = Path(out).iterdir()
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["status"] == "finished"
+    assert (summary["best_epoch"], summary["best_val_map"]) == (2, None)
+    assert json.loads((run_dir / "split.json").read_text())["validation"] == []
+    client = MlflowClient(tracking_uri)
+    run_id = summary["mlflow_run_id"]
+    assert client.get_metric_history(run_id, "val_map") == []
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    # every training row was fit (one worker sees the whole dataset each epoch)
+    seen = client.get_metric_history(run_id, "train_images")
+    assert [m.value for m in seen] == [meta["splits"]["train"]["rows"]] * 2
+    model_json = json.loads((run_dir / "model" / "model.json").read_text())
+    assert model_json["best_epoch"] == 2 and model_json["best_val_map"] is None
+
+
+def test_rotation_without_a_validation_split_is_refused_before_training(
+    digits_folder: Path, tmp_path: Path
+) -> None:
+    data = str(tmp_path / "data")
+    prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
+    config = TrainConfig(data=data, recipe=Recipe(method="sdsh", val_fraction=0),
+                         out=str(tmp_path / "runs"))  # fmt: skip
+    with pytest.raises(ValueError, match="rotation is fitted on the validation split"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists()  # refused before any run state was written
+
+
 def _quadrant_image(labels: list[int], rng: np.random.Generator) -> Image.Image:
     """32x32 RGB: concept c lights quadrant c in its own colour, on a noisy background."""
     colours = [(230, 40, 40), (40, 200, 40), (40, 40, 230), (220, 220, 30)]
