@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,22 @@ def _recipe_changes(recipe: dict[str, Any]) -> str:
 
     default = Recipe(method=recipe["method"], bits=recipe["bits"]).to_dict()
     return ", ".join(f"{k}={v}" for k, v in recipe.items() if v != default[k]) or "none"
+
+
+def _seed_spread(tuned: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per tuned config trained at several seeds: the mean and range of its mAP."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for cell in tuned.values():
+        by_config.setdefault(Path(cell["config"]).name, []).append(cell)
+    lines = []
+    for name, cells in sorted(by_config.items()):
+        if len(cells) < 2:
+            continue
+        values = [cell["map_tie_aware"] for cell in cells]
+        seeds = ", ".join(str(s) for s in sorted(cell["recipe"]["seed"] for cell in cells))
+        lines.append(f"- `{name}` over seeds {seeds}: tie-aware mean **{statistics.fmean(values):.4f}**, "
+                     f"lowest {min(values):.4f}, highest {max(values):.4f}")  # fmt: skip
+    return lines
 
 
 def run_cell(
@@ -237,6 +254,7 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
                 f"{cell['map_id_order']:.4f} | {cell['precision_radius_2']:.4f} | "
                 f"{cell['best_epoch']} / {recipe['epochs']} | {cell['train_seconds']} |"
             )
+        lines += [""] + _seed_spread(tuned)
         lines += [""] + [f"- `{config}`: `{cell['command']}` on {cell['machine']}"
                          for config, cell in sorted(tuned.items())]  # fmt: skip
     lines += ["",
