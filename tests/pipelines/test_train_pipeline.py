@@ -138,7 +138,7 @@ def test_val_fraction_zero_fits_every_row_and_keeps_the_last_epoch(
 
 
 def test_rotation_without_a_validation_split_is_refused_before_training(
-    digits_folder: Path, tmp_path: Path
+    ray_cluster, digits_folder: Path, tmp_path: Path
 ) -> None:
     data = str(tmp_path / "data")
     prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
