@@ -60,7 +60,14 @@ PAPER_NOTES = {
     ),
     "tql": "paper: CIFAR-10 and In-shop only; no MNIST number.",
     "dsh": "paper: CIFAR-10 .644-.799 (survey); MNIST numbers in the paper use 60k training digits.",
-    "dpsh": "paper: CIFAR-10 .713-.757 (survey).",
+    "dpsh": (
+        "paper: CIFAR-10 .713-.757 (survey). Weak at 12 bits here (0.864; plain loop 0.860 and "
+        "0.798 at seeds 0 and 1): its pairwise likelihood leaves class codes colliding. In the "
+        "plain loop at seed 0, digits 2 and 3 share one 12-bit code and 5 and 8 differ in one "
+        "bit. The quantization weight decides it: eta 0.01 gives 0.924 (closest class codes 2 "
+        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). METHODS.md's eta "
+        "0.1 is kept; at 48 bits the codes separate (0.979)."
+    ),
     "hashnet": "paper: ImageNet/NUS-WIDE/COCO; survey CIFAR-10 .685-.705.",
     "csq": "paper: ImageNet/NUS-WIDE/COCO (ResNet-50, 2020); no MNIST number.",
     "lsh": "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST.",
