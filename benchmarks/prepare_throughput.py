@@ -305,7 +305,7 @@ def run_parallel_loop(corpus: Path, out: Path, monitor: TreeMonitor) -> dict:
         return _timed_run(monitor, lambda: sum(pool.starmap(_loop_share, shares)))
 
 
-def run_pairs(
+def run_rounds(
     corpus: Path, out: Path, ray_cpus: int, repeat: int, monitor: TreeMonitor
 ) -> dict:  # fmt: skip
     """hashray prepare on one fresh local Ray cluster: once cold (Ray's workers and Ray Data's
@@ -363,7 +363,7 @@ def child(args: argparse.Namespace) -> None:
         elif args.child == "parallel":
             result = run_parallel_loop(corpus, out, monitor)
         else:
-            result = run_pairs(corpus, out, args.ray_cpus, args.repeat, monitor)
+            result = run_rounds(corpus, out, args.ray_cpus, args.repeat, monitor)
     print(json.dumps(result))
 
 

@@ -249,7 +249,8 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
     if tuned:
         lines += ["", "## Tuned recipes", "",
                   ("Cells trained from a config in `configs/` that departs from the default recipe "
-                   "every cell above uses (the config says why); same data, split and pipeline."),
+                   "every cell above uses (the config says why); same data, split and pipeline. A config "
+                   "with val_fraction=0 fits every training row and keeps its last epoch."),
                   "", ("| config | cell | differs from the default recipe | tie-aware | id-order "
                        "| P@r2 | best epoch / epochs | train s |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for config, cell in sorted(tuned.items()):

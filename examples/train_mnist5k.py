@@ -79,20 +79,20 @@ def main() -> None:
     augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1))
     augment = augment if recipe.augment else None
 
-    best, best_state = -1.0, None
+    best, best_state = None, None  # stay None when nothing is held out (val_fraction 0)
     for epoch in range(recipe.epochs):
         stats = engine.train_one_epoch(
             objective, batches(x[fit_rows], y[fit_rows], recipe.batch_size, shuffle),
             optimizer, device, augment=augment,
         )  # fmt: skip
         scheduler.step()
-        val_map = None  # val_fraction 0 holds nothing out: the last epoch is the model
+        val_map = None
         if len(val_rows):
             val_map = engine.evaluate_retrieval(
                 model, batches(x[val_rows], y[val_rows], 512, None),
                 batches(x[fit_rows], y[fit_rows], 512, None), device,
             )["map_tie_aware"]  # fmt: skip
-            if val_map > best:
+            if best is None or val_map > best:
                 best, best_state = val_map, copy.deepcopy(model.state_dict())
         if not args.json:
             val_text = "" if val_map is None else f"val mAP {val_map:.4f}  "
@@ -106,7 +106,7 @@ def main() -> None:
         batches(x[split["train"]], y[split["train"]], 512, None), device,
     )  # fmt: skip
     result.update(method=recipe.method, bits=recipe.bits, protocol="mnist5k",
-                  best_val_map=best if best_state is not None else None,
+                  best_val_map=best,
                   seconds=round(time.perf_counter() - start, 1), recipe=recipe.to_dict())  # fmt: skip
     print(json.dumps(result) if args.json else
           f"mnist5k {recipe.method} {recipe.bits} bits: tie-aware mAP@all {result['map_tie_aware']:.4f}"
