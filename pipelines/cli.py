@@ -11,8 +11,13 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -297,18 +302,23 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hashray`` console script."""
+    from pipelines import console
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if not args.verbose:  # faiss reports at INFO each CPU-specific build it fails to load
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    console.configure(args.verbose)
     if args.s3_endpoint:
         from pipelines.storage import use_s3_endpoint
 
         use_s3_endpoint(args.s3_endpoint)  # before any Ray starts, so its workers inherit it
+    log_file = _log_file(args.command)
     try:
         # With --json stdout carries the result alone. Ray prints cluster events on the driver's
         # stdout ("(raylet) A worker died ..."), so while the command runs stdout goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        with (
+            console.native_stderr_to(log_file),
+            contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout),
+        ):
             result = args.run(args)
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"hashray {args.command}: error: {err}", file=sys.stderr)
@@ -316,9 +326,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # an internal failure: one line here, the traceback in the log file
+        if args.verbose:
+            traceback.print_exc()
+        _log_traceback(log_file)
+        ray_logs = console.ray_log_dir()
+        print(f"hashray {args.command}: failed: {type(err).__name__}: {_first_line(err)}\n"
+              f"  traceback: {log_file}" + (f"\n  Ray logs: {ray_logs}" if ray_logs else ""),
+              file=sys.stderr)  # fmt: skip
+        return 1
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _log_file(command: str) -> Path:
+    """Where this run's native Ray lines and any traceback go ($HASHRAY_LOG_DIR or the temp dir)."""
+    folder = Path(os.environ.get("HASHRAY_LOG_DIR") or Path(tempfile.gettempdir()) / "hashray-logs")
+    return folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def _log_traceback(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as log:
+        traceback.print_exc(file=log)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

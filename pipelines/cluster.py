@@ -7,6 +7,8 @@ import os
 
 import ray
 
+from pipelines import console
+
 __all__ = ["connect"]
 
 _WORKER_NICENESS = "RAY_worker_niceness"
@@ -26,6 +28,7 @@ def connect(num_cpus: int | None = None) -> bool:
         return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+        console.install_worker_filter()
         return False
     os.environ.setdefault(_WORKER_NICENESS, "0")  # read by ray.init, passed on to the raylet
     ray.init(
@@ -35,4 +38,5 @@ def connect(num_cpus: int | None = None) -> bool:
         include_dashboard=True,
         logging_level=logging.WARNING,
     )
+    console.install_worker_filter()
     return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from hashing import engine, losses, models, splits
 from hashing.augment import RandomAffine
 from hashing.recipe import Recipe
-from pipelines import storage, tracking
+from pipelines import console, storage, tracking
 from pipelines.config import TrainConfig, default_tracking_uri
 from pipelines.dataset import PreparedDataset
 from pipelines.images import decode_image
@@ -352,11 +351,9 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             state["epoch"] = epoch
             logger.log_metrics(metrics, step=epoch + 1)
             if cfg["progress"]:
-                # not print(): Ray Train patches it to log and echo, so every line came out twice
                 val_text = "" if val_map is None else f"val mAP {val_map:.4f}  "
-                sys.stdout.write(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
-                                 f"{val_text}{stats['images_per_s']:.0f} img/s\n")  # fmt: skip
-                sys.stdout.flush()
+                console.worker_line(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
+                                    f"{val_text}{stats['images_per_s']:.0f} img/s")  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict()}, Path(tmp) / CHECKPOINT_FILE)  # fmt: skip
