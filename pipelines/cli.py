@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # an internal failure: one line here, the traceback in the log file
+    except Exception as err:  # noqa: BLE001 - an internal failure: one line, traceback in the log
         if args.verbose:
             traceback.print_exc()
         _log_traceback(log_file)

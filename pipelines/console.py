@@ -106,7 +106,8 @@ def native_stderr_to(log_file: Path) -> Iterator[None]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         os.dup2(log.fileno(), 2)
-    sys.stderr = open(terminal, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    # Python's stderr keeps the terminal through a duplicate of the original descriptor.
+    sys.stderr = open(terminal, "w", buffering=1, errors="replace", closefd=False)  # noqa: SIM115
     try:
         yield
     finally:

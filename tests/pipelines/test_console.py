@@ -30,7 +30,9 @@ def test_native_stderr_goes_to_the_log_file_and_python_stderr_stays(tmp_path: Pa
             print("python line", file=sys.stderr)
         os.write(2, b"after the block\\n")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     assert "python line" in done.stderr and "after the block" in done.stderr
     assert "native line" not in done.stderr
     assert log.read_text() == "native line\n"
@@ -75,7 +77,9 @@ def _prepare(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HASHRAY_LOG_DIR": str(tmp_path / "logs")}
     env.pop("RAY_ADDRESS", None)
     command = [HASHRAY, *flags, "prepare", "--source", "mnist5k", "--out", tmp_path / "data"]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
 
 
 @pytest.mark.ray
