@@ -101,6 +101,14 @@ def balanced_pair_mean(values: torch.Tensor, similar: torch.Tensor) -> torch.Ten
     return (means * present).sum() / present.sum().clamp(min=1)
 
 
+def pair_neg_log_likelihood(inner: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+    """-log p(s_ij | inner_ij) with p(s = 1) = sigmoid(inner): log(1 + e^inner) - s * inner (n x n).
+
+    The pairwise logistic likelihood of DPSH and HashNet; ``softplus`` keeps it stable.
+    """
+    return torch.nn.functional.softplus(inner) - similar.to(inner.dtype) * inner
+
+
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances between rows of x (n x d): (n x n), exactly 0 on the diagonal."""
     # explicit differences: no cancellation error, and a zero (not NaN) gradient at distance 0
@@ -130,6 +138,12 @@ class Continuation(nn.Module):
         if self.training:
             self.step += 1
         return beta
+
+    def relaxed_inner_products(self, outputs: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """tanh(beta h_i) . tanh(beta h_j) for outputs (n x K): (n x n), and the beta used."""
+        beta = self()
+        relaxed = torch.tanh(beta * outputs)
+        return relaxed @ relaxed.T, beta
 
 
 class HashLoss(nn.Module):

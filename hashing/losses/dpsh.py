@@ -16,7 +16,6 @@ From the paper; [choice] marks our own reading.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from hashing.losses import register
 from hashing.losses.base import (
@@ -24,6 +23,7 @@ from hashing.losses.base import (
     distinct_pairs,
     hard_sign,
     masked_mean,
+    pair_neg_log_likelihood,
     similarity_matrix,
 )
 
@@ -41,9 +41,9 @@ class DPSHLoss(HashLoss):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts from outputs (n x K) and 0/1 float labels (n x C)."""
         theta = outputs @ outputs.T / 2
-        similar = similarity_matrix(labels, labels).to(outputs.dtype)
+        similar = similarity_matrix(labels, labels)
         pairs = distinct_pairs(len(outputs), outputs.device)
-        likelihood = masked_mean(F.softplus(theta) - similar * theta, pairs)
+        likelihood = masked_mean(pair_neg_log_likelihood(theta, similar), pairs)
         quantization = (outputs - hard_sign(outputs)).pow(2).sum(dim=1).mean()
         loss = likelihood + self.eta * quantization
         return loss, {"likelihood": likelihood, "quantization": quantization}

@@ -45,9 +45,8 @@ class ExpHashLoss(HashLoss):
         self, outputs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts from outputs (n x K) and 0/1 float labels (n x C)."""
-        beta = self.continuation()
-        relaxed = torch.tanh(beta * outputs)
-        affinity = relaxed @ relaxed.T / self.bits  # (n x n) in [-1, 1]
+        inner, beta = self.continuation.relaxed_inner_products(outputs)
+        affinity = inner / self.bits  # (n x n) in [-1, 1]
         similar = similarity_matrix(labels, labels)
         signed = similar.to(outputs.dtype) * 2 - 1
         loss = balanced_pair_mean(torch.exp(-signed * affinity), similar)

@@ -18,10 +18,15 @@ Cao, Long, Wang, Yu, "HashNet: Deep Learning to Hash by Continuation", ICCV 2017
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from hashing.losses import register
-from hashing.losses.base import Continuation, HashLoss, balanced_pair_mean, similarity_matrix
+from hashing.losses.base import (
+    Continuation,
+    HashLoss,
+    balanced_pair_mean,
+    pair_neg_log_likelihood,
+    similarity_matrix,
+)
 
 
 @register("hashnet")
@@ -45,10 +50,8 @@ class HashNetLoss(HashLoss):
         self, outputs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts from outputs (n x K) and 0/1 float labels (n x C)."""
-        beta = self.continuation()
-        relaxed = torch.tanh(beta * outputs)
-        inner = self.alpha * relaxed @ relaxed.T
+        inner, beta = self.continuation.relaxed_inner_products(outputs)
         similar = similarity_matrix(labels, labels)
-        pair_loss = F.softplus(inner) - similar.to(outputs.dtype) * inner
+        pair_loss = pair_neg_log_likelihood(self.alpha * inner, similar)
         loss = balanced_pair_mean(pair_loss, similar)
         return loss, {"pair_cross_entropy": loss, "beta": torch.tensor(beta)}
