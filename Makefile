@@ -22,8 +22,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
+# No Ray and nothing slow: the library, the CLI's parsing and errors, docs and lint.
 test-fast: setup
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not ray and not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_throughput.py

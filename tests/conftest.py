@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes the Ray cluster fixture is a ``ray`` test (``make test-fast`` skips them)."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _ray_stays_out_of_unmarked_tests(request: pytest.FixtureRequest):
+    """A test without the ``ray`` mark that starts Ray in this process fails: mark it instead."""
+    was_running = _ray_running()
+    yield
+    if request.node.get_closest_marker("ray") is None and _ray_running() and not was_running:
+        pytest.fail("this test started Ray: mark it `ray` (or take the ray_cluster fixture)")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 @pytest.fixture(scope="session")
