@@ -62,7 +62,7 @@ def _small_body(in_channels: int, last_block_convs: int) -> tuple[nn.Module, int
 
 @_register("smallcnn")
 def _smallcnn(in_channels: int) -> tuple[nn.Module, int]:
-    """Three conv blocks + one dense layer (~8M multiply-adds at 28x28): ~99% on digits, CPU-fast."""
+    """Three conv blocks + one dense layer (~8M multiply-adds at 28x28): small enough for CPUs."""
     return _small_body(in_channels, last_block_convs=1)
 
 
@@ -104,8 +104,7 @@ class HashModel(nn.Module):
 
     ``shift_average``: ``embed`` averages the outputs for the image and its four one-pixel shifts
     (edges repeated) before the rotation. Test-time augmentation: five forward passes per image
-    for codes that move less with where a digit sits (ADSH at 48 bits on mnist5k: +0.0005 to
-    +0.0016 mAP over four trained models).
+    for codes that move less with where an object sits (its effect: docs/recipes.md).
     """
 
     def __init__(

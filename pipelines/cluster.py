@@ -18,10 +18,9 @@ def connect(num_cpus: int | None = None) -> bool:
     """Initialise Ray once; returns True when this call started a local cluster (caller shuts it down).
 
     A local cluster gets at least 4 logical CPUs: training workers and Serve replicas take
-    fractions of a CPU, and Ray Data still needs a budget to run beside them on a 2-core laptop.
+    fractions of a CPU, and Ray Data still needs a budget to run beside them on a small laptop.
     Its workers run at nice 0, as Ray's job submission starts them: by default Ray starts workers at
-    nice 15, where any other busy process starves the job's own work (beside two busy processes on
-    2 cores, a trivial 10k-row Ray Data pass took 6-12 s at nice 15 and 1.2-1.9 s at nice 0).
+    nice 15, where any other busy process starves the job's own work (docs/operations.md).
     ``RAY_worker_niceness`` set by the user wins.
     """
     if ray.is_initialized():

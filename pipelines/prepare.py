@@ -8,8 +8,8 @@ row order; write each split's rows sorted by id into ``{split}/part-NNNNN.parque
 spool; write ``dataset.json`` last, so a directory without it is a half-written one.
 The ids in the Parquet files are the written-down split.
 
-Why a spool instead of ``Dataset.sort``: a Ray sort shuffle cost 8-16 s per split even for 5,000
-rows here, while the spool needs one Ray pass and local disk the size of the prepared images.
+Why a spool instead of ``Dataset.sort``: a Ray sort shuffle costs seconds per split even for a few
+thousand rows, while the spool needs one Ray pass and local disk the size of the prepared images.
 
 Defaults: MNIST sources keep their native 28 x 28 greyscale ("L") and CIFAR-10 its 32 x 32 "RGB";
 folder, manifest, nuswide and parquet corpora become 64 x 64 "RGB" unless ``image_size`` / ``mode``
@@ -19,7 +19,7 @@ Memory: rows stream through Ray Data in blocks; the driver holds a block at a ti
 (id, labels, reason: some 50 bytes) per image and one output part; the images themselves are only in
 the on-disk spool. Listing a file corpus costs the driver up to about 2 KB per file while it lasts
 (ids, paths; pyarrow's file infos on S3). tests/pipelines/test_prepare_memory.py checks that 10x the
-images takes no more memory; benchmarks/prepare_throughput.py measures it at 10k and 100k.
+images takes no more memory; benchmarks/results/prepare_throughput.md has the throughput.
 """
 
 from __future__ import annotations
@@ -321,10 +321,9 @@ def _write_splits(
 ) -> dict[str, dict]:
     """Write each split's spooled rows (in id order) as ``{split}/part-NNNNN.parquet``.
 
-    One part at a time: two writer threads shortened this phase (a thirtieth of prepare at 100k
-    images) but doubled its peak memory, and the extra grew with the number of spool files a part
-    gathers from: the driver's peak at 8,000 images rose 36 MB over 800 with two threads and 18 MB
-    with one (tests/pipelines/test_prepare_memory.py allows 40).
+    One part at a time: a second writer thread barely shortens this phase but doubles its peak
+    memory, and the extra grows with the number of spool files a part gathers from
+    (tests/pipelines/test_prepare_memory.py bounds the driver's growth).
     """
     jobs, splits = [], {}
     for split, rows in split_rows.items():

@@ -92,8 +92,8 @@ def walk(path: str) -> Iterator[tuple[str, bool]]:
     """(path relative to ``path`` with ``/`` separators, is a file) for everything below ``path``.
 
     Local trees are walked with ``os.walk``, following symlinked folders but not a link back to
-    a folder above it (listed, not entered): a fifth of the time of pyarrow's listing, which
-    builds a FileInfo object per file (100k files: 0.07 s instead of 0.4 s here).
+    a folder above it (listed, not entered): much faster than pyarrow's listing, which builds a
+    FileInfo object per file.
     """
     fs, root = filesystem(path)
     if is_s3(path):
