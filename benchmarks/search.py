@@ -58,8 +58,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hashing.index import HammingIndex
-from hashing.mih import substring_count
-from hashing.radius_groups import RadiusGroups
+from hashing.index.groups import RadiusGroups
+from hashing.index.mih import substring_count
 from pipelines.codes_io import read_codes
 
 RESULTS = Path(__file__).parent / "results"

@@ -7,7 +7,7 @@ codes (n x bits/8) in the codes contract; they show what retrieval looks like wi
   features are centred first [choice]: raw pixels are all positive, and hyperplanes through the
   origin would then cut the data very unevenly.
 - ``ITQ`` (Gong & Lazebnik, CVPR 2011): centre, project on the top ``bits`` principal components,
-  then rotate by ``hashing.quantize.itq_rotation`` before the sign.
+  then rotate by ``hashing.rotations.itq_rotation`` before the sign.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hashing.codes import pack_codes
-from hashing.quantize import itq_rotation
+from hashing.rotations import itq_rotation
 
 __all__ = ["ITQ", "LSH"]
 

@@ -179,7 +179,7 @@ def _fit_rotation(
     The rows are the validation split plus the validation database sample of the fit rows: the
     SDSH search needs thousands of pseudo-queries, more than the held-out split alone holds.
     """
-    from hashing import quantize
+    from hashing import rotations as quantize
 
     images, labels = _load_rows(dataset.split_files("train"), ids, dataset.num_classes)
     batches = ((engine.images_to_tensor(images[i : i + 512], PIXEL_MEAN, PIXEL_STD), labels[i : i + 512])

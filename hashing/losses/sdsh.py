@@ -16,7 +16,7 @@ Embedding z = h / ||h|| and D_xy = ||z_x - z_y||^2 in [0, 4].
   loss = mean of (2 - d)^2, which pushes every dissimilar pair towards antipodal.
 
 Stage "rotation" [code]: after training the trainer fits a rotation R of the outputs, by default
-``hashing.quantize.map_rotation_search`` (ITQ is the cheaper option), and codes are sgn(h R).
+``hashing.rotations.map_rotation_search`` (ITQ is the cheaper option), and codes are sgn(h R).
 """
 
 from __future__ import annotations

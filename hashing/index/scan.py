@@ -8,9 +8,9 @@ index, or every item's code for the flat strategy): ``within`` (every code withi
 faiss notes: packed bytes go in as they are (faiss reads the bits of a byte in its own order, but a
 Hamming distance does not depend on bit order when both sides use the same bytes).
 ``IndexBinaryFlat.range_search(x, radius)`` returns distances strictly below ``radius`` (checked
-in tests/hashing/test_index.py), so an inclusive radius ``r`` is asked as ``r + 1``. A faiss top-k
-cuts a tie group anywhere, so ``nearest`` fetches a margin past k and re-asks with a range search
-for the queries whose tie group (or run of empty codes) runs past that margin.
+in tests/hashing/index/test_scan.py), so an inclusive radius ``r`` is asked as ``r + 1``. A faiss
+top-k cuts a tie group anywhere, so ``nearest`` fetches a margin past k and re-asks with a range
+search for the queries whose tie group (or run of empty codes) runs past that margin.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import itertools
 import numpy as np
 
 from hashing.codes import code_bytes, to_words
+from hashing.index.hits import Candidates
 
 __all__ = ["SCANS", "FaissScan", "NumpyScan", "kth_distance"]
-
-Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
 
 
 class FaissScan:
@@ -46,7 +45,7 @@ class FaissScan:
         """Per query the k codes first by (distance, label): (labels int64, distances int32), q x k.
 
         faiss keeps the lowest labels among ties and returns them in that order (checked in
-        tests/hashing/test_index_strategies.py), so this is an exact top-k by (distance, label).
+        tests/hashing/index/test_scan.py), so this is an exact top-k by (distance, label).
         """
         distances, labels = self._index.search(queries, k)
         return labels, distances.astype(np.int32)

@@ -9,10 +9,10 @@ sgn(h R). A rotation is fitted on training-side outputs, never on queries.
   keeps random small rotations when they raise the tie-aware mAP of pseudo-queries against a
   pseudo-database drawn from the outputs.
 
-Speed of the search (tie-aware ``mean_average_precision``, measured on the shared 2-core box): one
-step, i.e. packing 18,000 rotated outputs and one mAP of 2,000 x 16,000 codes at 32 bits, takes
-about 0.15-0.2 s, so the default 800 steps take about 2-3 minutes. The defaults are SDSH's
-(METHODS.md); fewer ``steps``, queries or database rows trade quality for time.
+Cost of the search: each step packs the rotated outputs of the pseudo-queries and pseudo-database
+and computes one tie-aware ``mean_average_precision`` between them, so its time grows with
+``steps`` x ``n_queries`` x ``n_database``. The defaults are SDSH's (docs/methods.md); fewer
+``steps``, queries or database rows trade quality for time.
 """
 
 from __future__ import annotations

@@ -1,29 +1,19 @@
-"""Radius search from neighbour lists and as hit groups: exact against brute force, with ties."""
+"""Radius search from neighbour lists: exact against brute force, through removes and updates."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_index import assert_radius_matches, reference_distances, shuffled_ids
-from test_index_strategies import clustered_codes, fill, random_codes
+from index_reference import (
+    assert_radius_matches,
+    clustered_codes,
+    fill,
+    learned_like,
+    reference_distances,
+    shuffled_ids,
+)
 
-from hashing.codes import pack_bits
-from hashing.index import HammingIndex
-from hashing.neighbours import NeighbourTable
-
-
-def learned_like(rng: np.random.Generator, n: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes like learned ones (a few centres, a third of the items one bit off: many items per
-    code) and queries: stored codes, codes 2 or 3 bits off a centre (mostly unstored), random."""
-    centres = rng.random((4, bits)) < 0.5
-    codes = centres[rng.integers(0, len(centres), n)]
-    flip = rng.random(n) < 0.3
-    codes[flip, rng.integers(0, bits, flip.sum())] ^= True
-    off = centres[rng.integers(0, len(centres), 6)]
-    for row, flips in enumerate([2, 2, 3, 3, 3, 3]):
-        off[row, rng.choice(bits, flips, replace=False)] ^= True
-    queries = np.concatenate([pack_bits(codes[:5]), pack_bits(off), random_codes(rng, 2, bits)])
-    return pack_bits(codes), queries
+from hashing.index.neighbours import NeighbourTable
 
 
 @pytest.mark.parametrize("bits", [12, 32, 64, 128])
@@ -85,27 +75,3 @@ def test_neighbour_lists_honour_removes_updates_and_a_second_segment():
     live_codes = np.stack([current[i] for i in live_ids])
     assert len(index._prepared()) == 2
     assert_radius_matches(index, queries, live_codes, live_ids, [0, 1, 2, 3])
-
-
-def test_radius_groups_views_ids_without_copying_them():
-    rng = np.random.default_rng(2)
-    codes, queries = learned_like(rng, 1000, 64)
-    index = fill(codes, np.arange(len(codes)), 64, "faiss", "auto")
-    grouped = index.radius_groups(queries, 2)
-    assert grouped.counts().sum() > len(queries)  # many items, so groups hold several ids
-    for _, group_ids in grouped.groups(0):
-        assert np.shares_memory(group_ids, grouped.ids)
-        assert not group_ids.flags.writeable
-    # a second call reuses the grouped ids gathered by the first
-    assert index.radius_groups(queries, 1).ids is grouped.ids
-
-
-def test_loaded_index_answers_radius_groups_like_the_saved_one(tmp_path):
-    rng = np.random.default_rng(12)
-    codes, queries = learned_like(rng, 1000, 64)
-    ids = shuffled_ids(rng, len(codes))
-    index = fill(codes, ids, 64, "faiss", "auto")
-    index.save(tmp_path / "idx")
-    loaded = HammingIndex.load(tmp_path / "idx")
-    assert loaded.plan(radius=2) == ["neighbours"]
-    assert_radius_matches(loaded, queries, codes, ids, [0, 2, 3])

@@ -1,4 +1,4 @@
-"""Multi-index hashing (Norouzi, Punjani & Fleet, TPAMI 2014): exact Hamming search by substring probes.
+"""Multi-index hashing (Norouzi, Punjani & Fleet, TPAMI 2014): exact Hamming search by probes.
 
 A code of ``bits`` bits is cut into ``s`` contiguous substrings (lengths differ by at most one).
 Pigeonhole: if two codes differ in at most ``r`` bits, some substring differs in at most
@@ -14,8 +14,9 @@ Python cost is constant.
 
 Top-k grows the radius in steps of ``s``: after probing substring radii ``0..l``, every code within
 ``s * (l + 1) - 1`` has been seen, so a query is done once the items at distance <= that radius
-number at least k. A query whose next level would cost more probes than scanning all codes is
-handed to the scan instead (``fallback``), so MIH is never much slower than the scan it replaces.
+number at least k. A query whose next level would need more probes than the caller's budget
+(hashing/index/planner.py sets it at the cost of a scan) is handed to ``fallback`` instead, so MIH
+is never much slower than the scan it replaces. Answers are exact whichever way a query ends.
 """
 
 from __future__ import annotations
@@ -27,22 +28,10 @@ from functools import cache
 import numpy as np
 
 from hashing.codes import to_words
+from hashing.index.hits import Candidates
 
 __all__ = ["MultiIndex", "ranges", "substring_count"]
 
-Candidates = list[tuple[np.ndarray, np.ndarray]]  # per query: (code indices, distances)
-
-# costs in ns on one core, fitted to timings of MNIST-1M and uniform codes (benchmarks/search.py):
-# one code of a faiss scan, and one code a faiss top-k keeps in its heap and hands back; then, for
-# MIH, a probe (a searchsorted into a substring table) and a verified candidate (a gather of its
-# code, a popcount, the dedup), each (in cache, spilled): both cost several times more once the
-# codes outgrow the cache (92k distinct 64-bit MNIST codes, 0.7 MB: ~10 ns a candidate; 1M
-# uniform codes, 8 MB: ~30 ns and ~130 ns a probe)
-SCAN_COST = 0.5
-FETCH_COST = 400.0
-PROBE_COST = (40.0, 130.0)
-CANDIDATE_COST = (8.0, 30.0)
-_CACHE_BYTES = 4 << 20  # codes (as words) from which candidates and probes cost the spilled price
 _MAX_PAIRS = 4_000_000  # candidate (query, code) pairs verified at once: bounds memory per call
 _MAX_CHUNK = 1024  # queries probed at once
 
@@ -58,7 +47,7 @@ def substring_count(bits: int, codes: int) -> int:
 
 
 class MultiIndex:
-    """MIH tables over ``codes`` (m x bytes uint8, the distinct codes of an index) of ``bits`` bits."""
+    """MIH tables over ``codes`` (m x bytes uint8: an index's distinct codes) of ``bits`` bits."""
 
     def __init__(self, codes: np.ndarray, bits: int, substrings: int | None = None) -> None:
         self._words = to_words(codes)
@@ -67,9 +56,6 @@ class MultiIndex:
         bounds = np.linspace(0, bits, self.substrings + 1).round().astype(int)
         self._fields = list(itertools.pairwise(bounds.tolist()))  # (start, stop) bit ranges
         self._tables = [self._table(start, stop) for start, stop in self._fields]
-        spilled = min(self._words.nbytes / _CACHE_BYTES, 1.0)
-        self.probe_cost = float(np.interp(spilled, [0, 1], PROBE_COST))  # ns, see the constants
-        self.candidate_cost = float(np.interp(spilled, [0, 1], CANDIDATE_COST))
 
     def _table(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = bit_field(self._words, start, stop - start)
@@ -114,19 +100,18 @@ class MultiIndex:
         counts: np.ndarray,
         k: int,
         fallback: Callable[[np.ndarray], Candidates],
-        scan_cost: float | None = None,
+        max_probes: float = np.inf,
     ) -> Candidates:
         """Per query every code within the distance of its k-th item (items per code: ``counts``).
 
-        Queries whose next probe level would cost more than ``scan_cost`` (ns per query; default
-        a scan of every code) go to ``fallback(queries)``.
+        Queries whose next probe level would make more than ``max_probes`` probes each go to
+        ``fallback(queries)``, which must answer the same question (a scan does).
         """
         found: Candidates = [None] * len(queries)  # type: ignore[list-item]
         active = np.arange(len(queries))
-        scan_cost = SCAN_COST * self._count if scan_cost is None else scan_cost
         level = 0
         while len(active):
-            too_costly = self.probe_cost * self.probes_per_query(level) > scan_cost
+            too_costly = self.probes_per_query(level) > max_probes
             if too_costly or level > max(stop - start for start, stop in self._fields):
                 for row, refound in zip(active, fallback(queries[active])):
                     found[row] = refound
@@ -143,7 +128,7 @@ class MultiIndex:
         return found
 
     def _probe(self, query_words: np.ndarray, level: int, radius: int) -> tuple[Candidates, int]:
-        """Probe substring radii 0..level for a chunk of queries; verify; keep distance <= radius."""
+        """Probe substring radii 0..level for some queries; verify; keep distance <= radius."""
         query_rows, codes = [], []
         for (start, stop), (keys, offsets, postings) in zip(self._fields, self._tables):
             values = bit_field(query_words, start, stop - start)

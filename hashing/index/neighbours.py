@@ -1,29 +1,27 @@
 """Neighbour lists among the distinct codes of an index: radius search as a table read.
 
-Learned codes collapse: most queries' codes are themselves codes of the index (88% of the MNIST
-test queries against MNIST-1M at 64 bits). For such a query, every code within radius ``r`` is
-known in advance: the neighbour list of its own code, precomputed once for all distinct codes.
-A radius query then costs a hash lookup of its code and a slice of the table, instead of
-multi-index probes that verify thousands of candidates (learned codes crowd the same substring
-buckets).
+Learned codes collapse: most queries' codes are themselves codes of the index. For such a query,
+every code within radius ``r`` is known in advance: the neighbour list of its own code,
+precomputed once for all distinct codes. A radius query then costs a hash lookup of its code and
+a slice of the table, instead of multi-index probes that verify many candidates (learned codes
+crowd the same substring buckets).
 
 The table holds, per distinct code, every distinct code within ``radius`` (itself included),
 ordered by (distance, code index), as CSR arrays; ``starts[c, d]`` is where code ``c``'s
 neighbours at distance ``d`` begin, so one table of radius R answers every radius <= R. It is
 built by multi-index hashing of all the codes against themselves, in ``max(2, round(bits / 40))``
-substrings: 2 for 32 and 64 bits, 3 for 128, the fastest of those tried on MNIST-1M query codes
-for radii 1 to 3 (learned codes crowd short substrings: the index's own choice, 4 substrings of
-64 bits or 7 of 128, verified two to fifteen times more candidates). Its size is the number of
-(code, neighbour) pairs within the radius and its build time grows with the number of codes
-(MNIST-1M, 64 bits: 92k codes, 2 to 5 s at radius 2; 128 bits: 469k codes, over a minute at radius
-1), so hashing/index.py builds one only for few codes and few pairs.
+substrings (2 for 32 and 64 bits, 3 for 128): fewer, longer substrings than the index's own MIH
+uses, since learned codes crowd short substrings and make them verify many times more
+candidates. Its size is the number of (code, neighbour) pairs within the radius and its build
+time grows with the number of codes, so the planner (hashing/index/planner.py) builds one only
+for few codes and few pairs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hashing.mih import MultiIndex, ranges
+from hashing.index.mih import MultiIndex, ranges
 
 __all__ = ["NeighbourTable"]
 

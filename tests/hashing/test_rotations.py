@@ -1,4 +1,4 @@
-"""hashing.quantize: ITQ and SDSH's mAP rotation search on constructed embeddings."""
+"""hashing.rotations: ITQ and SDSH's mAP rotation search on constructed embeddings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from hashing.codes import pack_codes
 from hashing.metrics import mean_average_precision
-from hashing.quantize import itq_rotation, map_rotation_search, pseudo_split
+from hashing.rotations import itq_rotation, map_rotation_search, pseudo_split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -126,9 +126,14 @@ def test_search_rotates_axis_aligned_classes_to_quadrants():
     h, labels = axis_aligned_classes(500, seed=4)
     reported = []
     rotation = map_rotation_search(
-        h, labels, steps=150, n_queries=150, n_database=350, seed=0,
+        h,
+        labels,
+        steps=150,
+        n_queries=150,
+        n_database=350,
+        seed=0,
         progress=lambda step, best: reported.append((step, best)),
-    )  # fmt: skip
+    )
     assert_orthogonal(rotation, 2)
     before = split_map(h, labels, np.eye(2), 150, 350, 0)
     after = split_map(h, labels, rotation.astype(np.float64), 150, 350, 0)

@@ -6,7 +6,9 @@ pickles, so ``load`` maps them (``np.load(mmap_mode="r")``) instead of reading t
 large index costs the checksum pass (skippable with ``verify=False``) and nothing else, and pages
 come in as queries touch them. The header is written last and removed first, so a directory
 without it is a half-written index and will not load. Version 1 (codes.npy and ids.npy with a
-``sha256`` map in the header) still loads.
+``sha256`` map in the header) still loads. ``HammingIndex.save`` writes its live items' ``codes``
+and ``ids`` in id order and their code groups (``members``, ``offsets``: hashing/index/groups.py),
+so ``load`` needs no sort.
 """
 
 from __future__ import annotations
