@@ -9,21 +9,18 @@ running app. Local paths are made absolute here: replicas do not run in the call
 """
 
 import os
-import posixpath
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
-from hashing.models import read_model_config
-from pipelines import storage
-from pipelines.codes_io import MANIFEST, METADATA_PREFIX, read_manifest
+from pipelines.codes_io import read_metadata
+from pipelines.contracts import ModelCard
 from pipelines.model_store import is_mlflow_uri, resolve_model
 from pipelines.serve.encoder import Encoder
 from pipelines.serve.http import TOKEN_ENV
@@ -90,20 +87,14 @@ def _model_source(args: ServeArgs) -> tuple[str, str | None]:
 
 
 def check_deployable(args: ServeArgs) -> None:
-    """Fail fast, before deploying: codes that are incomplete or do not match the model."""
+    """Fail fast, before deploying: codes that are incomplete or do not match the model card."""
     codes = _local(args.codes)
-    manifest = read_manifest(codes)
-    if not manifest["files"]:
-        raise ValueError(f"{codes}: {MANIFEST} lists no files")
-    fs, root = storage.filesystem(codes)
-    first = posixpath.join(root, manifest["files"][0]["path"])
-    metadata = pq.read_schema(first, filesystem=fs).metadata or {}
-    model_version = metadata.get(f"{METADATA_PREFIX}model_version".encode())
-    found = (int(manifest["bits"]), model_version.decode() if model_version else None)
+    manifest, metadata = read_metadata(codes)
     if args.model:
         model, tracking_uri = _model_source(args)
-        config = read_model_config(resolve_model(model, tracking_uri=tracking_uri))
-        check_identity(codes, found, (int(config["bits"]), config.get("model_version")))
+        card = ModelCard.read(resolve_model(model, tracking_uri=tracking_uri))
+        found = (manifest.bits, metadata.get("model_version"))
+        check_identity(codes, found, (card.bits, card.model_version))
 
 
 def swap_codes(codes: str, app_name: str = APP_NAME) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The ``Encoder`` deployment: uploaded image files -> packed codes with the trained model.
 
-Images are normalised as training did (``normalize_image`` to the model's size and mode, then its
-mean/std) and concurrent uploads go through the model together (``@serve.batch``). Images over
-``MAX_IMAGE_PIXELS`` are refused from their header, before anything is decoded; an unusable file
-raises ``BadImage``.
+Images are normalised as training did (``normalize_image`` to the size and mode of the model
+card's ``image``, then its ``mean``/``std``) and concurrent uploads go through the model together
+(``@serve.batch``). Images over ``MAX_IMAGE_PIXELS`` are refused from their header, before
+anything is decoded; an unusable file raises ``BadImage``.
 """
 
 import asyncio
@@ -29,14 +29,10 @@ class Encoder:
     """Uploaded image files -> packed codes with the trained model; ``@serve.batch`` groups them."""
 
     def __init__(self, model: str, tracking_uri: str | None) -> None:
-        self._model, config = load_for_inference(model, tracking_uri=tracking_uri)
-        image = config.get("image")
-        if not image:
-            raise ValueError(f"model {model!r} has no image size in its model.json; re-train it")
-        self._size = (int(image["width"]), int(image["height"]))
-        self._mode = "L" if int(image["channels"]) == 1 else "RGB"
-        self._mean, self._std = float(config.get("mean", 0.5)), float(config.get("std", 0.5))
-        self._identity = {"bits": self._model.bits, "model_version": config.get("model_version")}
+        self._model, card = load_for_inference(model, tracking_uri=tracking_uri)
+        self._size, self._mode = (card.image.width, card.image.height), card.image.mode
+        self._mean, self._std = card.mean, card.std
+        self._identity = {"bits": card.bits, "model_version": card.model_version}
 
     async def describe(self) -> dict[str, Any]:
         """The codes this model makes: bits and model version."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from hashing.index import HammingIndex
 from pipelines.codes_io import read_codes, read_manifest
+from pipelines.contracts import CodesManifest
 
 __all__ = ["SHARD_VERSIONS", "Shard", "VersionUnavailable", "version_id"]
 
@@ -30,9 +31,10 @@ class VersionUnavailable(LookupError):
     """A shard cannot provide the codes version a request named (its directory was rewritten)."""
 
 
-def version_id(manifest: dict[str, Any]) -> str:
+def version_id(manifest: CodesManifest) -> str:
     """Id of a codes version: digest of its ``_SUCCESS.json`` (rows, bits, every file's sha256)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    document = json.dumps(manifest.to_dict(), sort_keys=True)
+    return hashlib.sha256(document.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
