@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.contracts import DATASET_FILE, DatasetInfo
 from pipelines.dataset import PreparedDataset
 
 ROWS_PER_PART = 50_000
@@ -110,7 +111,7 @@ def main() -> None:
     ids, images, labels = dataset.load_split_numpy("train")
     out = Path(args.out)
     (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "dataset.json").unlink(missing_ok=True)  # written last: its presence marks completion
+    (out / DATASET_FILE).unlink(missing_ok=True)  # written last: its presence marks completion
     files = []
     for part, first in enumerate(range(0, args.n, ROWS_PER_PART)):
         name = f"train/part-{part:05d}.parquet"
@@ -124,7 +125,7 @@ def main() -> None:
         (out / "query").mkdir(exist_ok=True)
         shutil.copyfile(source, out / name)
         query_files.append(name)
-    meta = dict(dataset.meta)
+    meta = dataset.info.to_dict()
     meta["name"] = "mnist1m"
     meta["counts"] = {"input": args.n, "kept": args.n, "skipped": 0}
     meta["source_options"] = {"augmented_from": str(args.data), "seed": args.seed}
@@ -133,7 +134,8 @@ def main() -> None:
         "query": {"files": query_files, "rows": dataset.num_rows("query")},
         "database": {"same_as": "train"},
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    info = DatasetInfo.from_dict(meta, str(out / DATASET_FILE))
+    (out / DATASET_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -1,4 +1,7 @@
-"""Reading a prepared dataset (the output of ``hashray prepare``): dataset.json plus Parquet parts."""
+"""Reading a prepared dataset (the output of ``hashray prepare``): dataset.json plus Parquet parts.
+
+The contract (``DatasetInfo``, the split names, the part columns) is in ``pipelines/contracts.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,59 +13,60 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipelines import storage
+from pipelines.contracts import DATASET_FILE, DatasetInfo
 from pipelines.images import decode_image
-from pipelines.prepare import SPLITS
 
 __all__ = ["PreparedDataset"]
 
 
 @dataclass(frozen=True)
 class PreparedDataset:
-    """A prepared dataset at ``path`` (local or s3://) and its parsed dataset.json ``meta``."""
+    """A prepared dataset at ``path`` (local or s3://) and its validated dataset.json ``info``."""
 
     path: str
-    meta: dict
+    info: DatasetInfo
 
     @classmethod
     def open(cls, path: str) -> PreparedDataset:
-        """Read ``path``/dataset.json; raises FileNotFoundError for a missing or half-written one."""
-        manifest = storage.join(path, "dataset.json")
+        """Read ``path``/dataset.json; FileNotFoundError for a missing or half-written dataset,
+        ``ContractError`` for a dataset.json that breaks the contract."""
+        where = storage.join(path, DATASET_FILE)
         try:
-            meta = storage.read_json(manifest)
+            data = storage.read_json(where)
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f"{path}: not a prepared dataset: run hashray prepare first"
             ) from err
-        return cls(str(path), meta)
+        return cls(str(path), DatasetInfo.from_dict(data, where))
 
     @property
     def classes(self) -> list[str]:
         """Class names; label ``i`` is ``classes[i]``."""
-        return list(self.meta["classes"])
+        return list(self.info.classes)
 
     @property
     def num_classes(self) -> int:
         """Number of classes (the width of multi-hot labels)."""
-        return len(self.meta["classes"])
+        return len(self.info.classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every stored image."""
-        image = self.meta["image"]
-        return int(image["height"]), int(image["width"]), int(image["channels"])
+        image = self.info.image
+        return image.height, image.width, image.channels
 
     @property
     def multi_label(self) -> bool:
         """True when some image carries more than one label."""
-        return bool(self.meta["multi_label"])
+        return self.info.multi_label
 
     def num_rows(self, split: str) -> int:
         """Rows in ``split`` (the database resolves to train when it is the train split)."""
-        return int(self._split_entry(split)["rows"])
+        return self.info.split(split).rows
 
     def split_files(self, split: str) -> list[str]:
         """Paths or URIs of ``split``'s Parquet parts, in id order."""
-        return [storage.join(self.path, name) for name in self._split_entry(split)["files"]]
+        return [storage.join(self.path, name) for name in self.info.split(split).files]
 
     def read_split(self, split: str) -> ray.data.Dataset:
         """``split`` as a Ray Dataset with columns id, image (PNG bytes), labels, source."""
@@ -89,10 +93,3 @@ class PreparedDataset:
             fs, inner = storage.filesystem(uri)
             tables.append(pq.read_table(inner, filesystem=fs, columns=columns))
         return pa.concat_tables(tables)
-
-    def _split_entry(self, split: str) -> dict:
-        """dataset.json's entry for ``split``, following ``same_as``."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-        entry = self.meta["splits"][split]
-        return self.meta["splits"][entry["same_as"]] if "same_as" in entry else entry

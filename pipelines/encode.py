@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from hashing.codes import pack_codes
 from hashing.engine import images_to_tensor
-from hashing.models import read_model_config
 from pipelines import storage
 from pipelines.codes_io import codes_table, write_codes
 from pipelines.config import default_tracking_uri
+from pipelines.contracts import DatasetInfo, ModelCard
+from pipelines.dataset import PreparedDataset
 from pipelines.images import decode_image
-from pipelines.model_store import is_mlflow_uri, load_for_inference, resolve_model, run_id_of
+from pipelines.model_store import is_mlflow_uri, load_for_inference, resolve_model
 
 __all__ = ["DEFAULT_SPLITS", "EncoderUDF", "encode"]
 
@@ -51,27 +52,25 @@ DEFAULT_ROWS_PER_FILE = 250_000
 class EncoderUDF:
     """Ray Data actor: prepared rows (id, image PNG bytes, labels) -> codes rows (+ source path).
 
-    ``__init__`` loads the model once per actor; ``__call__`` decodes, normalises as in training
-    (``mean``/``std`` from model.json), runs ``model.embed`` (with the fitted rotation, if any)
-    and packs the signs.
+    ``__init__`` loads the model once per actor; ``__call__`` decodes, checks the images have the
+    shape the model card names, normalises as in training (the card's ``mean``/``std``), runs
+    ``model.embed`` (with the fitted rotation, if any) and packs the signs.
     """
 
     def __init__(
         self, model_uri: str, tracking_uri: str | None, use_gpu: bool, embeddings: bool
     ) -> None:
         self.device = "cuda" if use_gpu else "cpu"
-        self.model, config = load_for_inference(
+        self.model, card = load_for_inference(
             model_uri, tracking_uri=tracking_uri, device=self.device
         )
-        self.mean, self.std = float(config.get("mean", 0.5)), float(config.get("std", 0.5))
-        image = config.get("image")
-        self.shape = (image["height"], image["width"], image["channels"]) if image else None
+        self.mean, self.std, self.shape = card.mean, card.std, card.image.shape
         self.embeddings = embeddings
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """A pyarrow batch with id, image, labels, path -> id, code, labels, [embedding], path."""
         images = np.stack([decode_image(data) for data in batch.column("image").to_pylist()])
-        if self.shape is not None and images.shape[1:] != self.shape:
+        if images.shape[1:] != self.shape:
             raise ValueError(
                 f"images are {images.shape[1:]} (H, W, C), the model was trained on {self.shape}"
             )
@@ -105,16 +104,16 @@ def encode(
     directory and files per split, bits, method, model version, seconds and images/s.
     """
     start = time.perf_counter()
-    info = storage.read_json(storage.join(data, "dataset.json"))
+    info = PreparedDataset.open(data).info
     splits = list(splits or DEFAULT_SPLITS)
     # Ray workers do not run in the caller's cwd: local paths travel as absolute paths.
     model_ref = model if is_mlflow_uri(model) else str(Path(model).resolve())
     tracking_uri = default_tracking_uri() if is_mlflow_uri(model) else None
-    config = read_model_config(resolve_model(model_ref, tracking_uri=tracking_uri))
+    card = ModelCard.read(resolve_model(model_ref, tracking_uri=tracking_uri))
     created_at = _created_at()
 
     fs, root = storage.filesystem(data)
-    split_paths = {split: [f"{root}/{f}" for f in _split_files(info, split)] for split in splits}
+    split_paths = {split: [f"{root}/{f}" for f in info.split(split).files] for split in splits}
     paths = sorted({p for ps in split_paths.values() for p in ps})
     ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None)
     ds = ds.select_columns(["id", "image", "labels", "path"])
@@ -128,7 +127,7 @@ def encode(
         batch_size=batch_size,
         batch_format="pyarrow",
     )  # fmt: skip
-    total = sum(_split_rows(info, s) for s in _unique_file_splits(splits, info))
+    total = sum(info.split(s).rows for s in _unique_file_splits(splits, info))
     by_path = _collect(ds, total=total, progress=progress)
     images = sum(t.num_rows for ts in by_path.values() for t in ts)
     encode_seconds = time.perf_counter() - start
@@ -137,9 +136,9 @@ def encode(
     for split in splits:
         tables = [t for p in split_paths[split] for t in by_path.get(p, [])]
         rows = sum(t.num_rows for t in tables)
-        if rows == 0 or rows != _split_rows(info, split):
+        if rows == 0 or rows != info.split(split).rows:
             raise RuntimeError(
-                f"split {split!r}: encoded {rows} rows, dataset.json says {_split_rows(info, split)}"
+                f"split {split!r}: encoded {rows} rows, dataset.json says {info.split(split).rows}"
             )
         table = pa.concat_tables(tables).drop_columns(["path"]).sort_by("id")
         if pc.count_distinct(table.column("id")).as_py() != rows:
@@ -148,32 +147,32 @@ def encode(
         manifest = write_codes(
             directory,
             (table.slice(i, rows_per_file) for i in range(0, rows, rows_per_file)),
-            bits=config["bits"],
+            bits=card.bits,
             metadata={
-                "method": config.get("method"),
+                "method": card.method,
                 "model_uri": model_ref,
-                "model_version": config.get("model_version"),
-                "mlflow_run_id": run_id_of(model, config),
+                "model_version": card.model_version,
+                "mlflow_run_id": card.mlflow_run_id,
                 "created_at": created_at,
-                "protocol": info.get("protocol"),
-                "dataset": info.get("name"),
-                "num_classes": len(info["classes"]) if info.get("classes") else None,
+                "protocol": info.protocol,
+                "dataset": info.name,
+                "num_classes": len(info.classes),
                 "split": split,
             },
         )
         summary_splits[split] = {
             "dir": directory,
             "rows": rows,
-            "files": [f["path"] for f in manifest["files"]],
+            "files": [f.path for f in manifest.files],
         }
 
     seconds = time.perf_counter() - start
     return {
         "out": out,
         "model": model_ref,
-        "bits": config["bits"],
-        "method": config.get("method"),
-        "model_version": config.get("model_version"),
+        "bits": card.bits,
+        "method": card.method,
+        "model_version": card.model_version,
         "splits": summary_splits,
         "images": images,
         "seconds": seconds,
@@ -192,28 +191,11 @@ def _collect(ds: ray.data.Dataset, *, total: int, progress: bool) -> dict[str, l
     return by_path
 
 
-def _split_entry(info: dict[str, Any], split: str) -> dict[str, Any]:
-    """The ``dataset.json`` entry holding a split's files: ``same_as`` followed once."""
-    entries = info.get("splits", {})
-    if split not in entries:
-        raise ValueError(f"dataset has no split {split!r}; it has {sorted(entries)}")
-    entry = entries[split]
-    return entries[entry["same_as"]] if "same_as" in entry else entry
-
-
-def _split_files(info: dict[str, Any], split: str) -> list[str]:
-    return list(_split_entry(info, split)["files"])
-
-
-def _split_rows(info: dict[str, Any], split: str) -> int:
-    return int(_split_entry(info, split)["rows"])
-
-
-def _unique_file_splits(splits: list[str], info: dict[str, Any]) -> list[str]:
+def _unique_file_splits(splits: list[str], info: DatasetInfo) -> list[str]:
     """One split per distinct file list, so the database sharing train is counted once."""
     seen: dict[tuple[str, ...], str] = {}
     for split in splits:
-        seen.setdefault(tuple(_split_files(info, split)), split)
+        seen.setdefault(tuple(info.split(split).files), split)
     return list(seen.values())
 
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from hashing.models import CONFIG_FILE, MODEL_FILE, HashModel, load_model, read_model_config
+from hashing.models import MODEL_FILE, HashModel, load_model
+from pipelines.contracts import MODEL_CARD_FILE, ModelCard
 
-__all__ = ["cache_dir", "is_mlflow_uri", "load_for_inference", "resolve_model", "run_id_of"]
+__all__ = ["cache_dir", "is_mlflow_uri", "load_for_inference", "resolve_model"]
 
 _MLFLOW_SCHEMES = ("runs:/", "models:/")
 
@@ -52,7 +53,7 @@ def resolve_model(uri: str, *, tracking_uri: str | None = None) -> Path:
     pinned, source = _pin_version(uri, client)
     key = hashlib.sha256(f"{tracking_uri or ''}\n{pinned}".encode()).hexdigest()[:20]
     final = cache_dir() / key
-    if (final / CONFIG_FILE).is_file() and (final / MODEL_FILE).is_file():
+    if (final / MODEL_CARD_FILE).is_file() and (final / MODEL_FILE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".download-"))
@@ -64,7 +65,7 @@ def resolve_model(uri: str, *, tracking_uri: str | None = None) -> Path:
         try:
             found.rename(final)
         except OSError:  # another process on this node finished first; its copy is the same
-            if not (final / CONFIG_FILE).is_file():
+            if not (final / MODEL_CARD_FILE).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -73,20 +74,15 @@ def resolve_model(uri: str, *, tracking_uri: str | None = None) -> Path:
 
 def load_for_inference(
     uri: str, *, tracking_uri: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[HashModel, dict[str, Any]]:
-    """The model named by ``uri`` in eval mode on ``device``, and its ``model.json`` config."""
+) -> tuple[HashModel, ModelCard]:
+    """The model named by ``uri`` in eval mode on ``device``, and its model card.
+
+    The card is read (and validated) first, so a model without a valid card is refused before
+    its weights are loaded.
+    """
     directory = resolve_model(uri, tracking_uri=tracking_uri)
-    config = read_model_config(directory)
-    return load_model(directory).to(device).eval(), config
-
-
-def run_id_of(uri: str, config: dict[str, Any]) -> str | None:
-    """The MLflow run that produced a model: ``mlflow_run_id`` in its config, else a ``runs:/`` URI's."""
-    if config.get("mlflow_run_id"):
-        return str(config["mlflow_run_id"])
-    if str(uri).startswith("runs:/"):
-        return str(uri)[len("runs:/") :].strip("/").split("/")[0] or None
-    return None
+    card = ModelCard.read(directory)
+    return load_model(directory).to(device).eval(), card
 
 
 def _pin_version(uri: str, client: Any) -> tuple[str, str]:
@@ -109,14 +105,15 @@ def _pin_version(uri: str, client: Any) -> tuple[str, str]:
 def _model_dir_in(root: Path, uri: str) -> Path:
     """``root`` itself or the one folder below it that holds both model files; clear error otherwise."""
     candidates = sorted(
-        {p.parent for p in root.rglob(CONFIG_FILE) if (p.parent / MODEL_FILE).is_file()}
+        {p.parent for p in root.rglob(MODEL_CARD_FILE) if (p.parent / MODEL_FILE).is_file()}
     )
-    if (root / CONFIG_FILE).is_file() and (root / MODEL_FILE).is_file():
+    if (root / MODEL_CARD_FILE).is_file() and (root / MODEL_FILE).is_file():
         return root
     if len(candidates) == 1:
         return candidates[0]
     found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:10]
     reason = f"{len(candidates)} model folders" if candidates else f"files: {found or 'none'}"
     raise ValueError(
-        f"{uri!r} is not a hashray model directory: expected {MODEL_FILE} + {CONFIG_FILE} ({reason})"
+        f"{uri!r} is not a hashray model directory: expected {MODEL_FILE} + {MODEL_CARD_FILE} "
+        f"({reason})"
     )

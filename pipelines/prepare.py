@@ -42,13 +42,13 @@ from tqdm.auto import tqdm
 
 from hashing.splits import PROTOCOLS, split_indices
 from pipelines import storage
+from pipelines.contracts import DATASET_FILE, SPLITS, DatasetInfo
 from pipelines.images import BadImage, normalize_image
 from pipelines.sources import Source, read_source
 
-__all__ = ["IMAGE_SCHEMA", "OFFICIAL_SPLITS", "SPLITS", "prepare"]
+__all__ = ["IMAGE_SCHEMA", "OFFICIAL_SPLITS", "prepare"]
 
-SPLITS = ("train", "query", "database")
-# Columns of every prepared Parquet part (the prepared-dataset contract in ARCHITECTURE.md).
+# Columns of every prepared Parquet part (the prepared-dataset contract, pipelines/contracts.py).
 IMAGE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -116,7 +116,8 @@ def prepare(
     image = {"height": side, "width": side, "channels": 1 if mode == "L" else 3, "mode": mode}
     meta = _dataset_json(corpus, out, path, protocol, seed, image, summary, good, splits)
     meta["source_options"] = dict(source_options or {})
-    storage.write_json(storage.join(out, "dataset.json"), meta)
+    where = storage.join(out, DATASET_FILE)
+    storage.write_json(where, DatasetInfo.from_dict(meta, where).to_dict())
     return meta
 
 
@@ -258,7 +259,7 @@ def _rows_per_part(good: pa.Table) -> int:
 def _remove_previous(out: str) -> None:
     """Delete an earlier run's dataset.json (first: the directory stops being valid) and splits."""
     fs, root = storage.filesystem(out)
-    manifest = posixpath.join(root, "dataset.json")
+    manifest = posixpath.join(root, DATASET_FILE)
     if fs.get_file_info(manifest).type == pafs.FileType.File:
         fs.delete_file(manifest)
     for split in SPLITS:

@@ -33,6 +33,7 @@ from hashing.augment import RandomAffine
 from hashing.recipe import Recipe
 from pipelines import console, storage, tracking
 from pipelines.config import TrainConfig, default_tracking_uri
+from pipelines.contracts import ImageSpec, ModelCard
 from pipelines.dataset import PreparedDataset
 from pipelines.images import decode_image
 
@@ -64,7 +65,7 @@ def train(
     if rotation != "none" and config.recipe.val_fraction == 0:
         raise ValueError(f"the {rotation!r} rotation is fitted on the validation split held out "
                          f"from train; val_fraction 0 holds none out (use e.g. 0.1, or rotation: none)")  # fmt: skip
-    name = config.run_name(dataset.meta["name"])
+    name = config.run_name(dataset.info.name)
     run_dir = Path(config.out).resolve() / name
     run_file = run_dir / RUN_FILE
     if run_file.exists() and storage.read_json(str(run_file)).get("status") == "finished":
@@ -148,16 +149,25 @@ def train(
             _fit_rotation(model, rotation, dataset, val_ids + val_db_ids, config.recipe.seed)
         )
     model_dir = run_dir / "model"
-    models.save_model(model, model_dir, extra={
-        "method": config.recipe.method,
-        "image": {"height": dataset.image_shape[0], "width": dataset.image_shape[1],
-                  "channels": dataset.image_shape[2]},
-        "mean": PIXEL_MEAN, "std": PIXEL_STD,
-        "classes": dataset.classes, "dataset": dataset.meta["name"],
-        "model_version": mlflow_run_id, "mlflow_run_id": mlflow_run_id,
-        "best_epoch": state["best_epoch"] + 1, "best_val_map": state["best_val_map"],
-        "rotation": rotation, "pretrain_epochs": pretrain_epochs,
-    })  # fmt: skip
+    height, width, channels = dataset.image_shape
+    card = ModelCard(
+        **model.config,
+        has_rotation=model.rotation is not None,
+        method=config.recipe.method,
+        image=ImageSpec(height=height, width=width, channels=channels),
+        mean=PIXEL_MEAN,
+        std=PIXEL_STD,
+        classes=dataset.classes,
+        dataset=dataset.info.name,
+        model_version=mlflow_run_id,
+        mlflow_run_id=mlflow_run_id,
+        best_epoch=state["best_epoch"] + 1,
+        best_val_map=state["best_val_map"],
+        rotation=rotation,
+        pretrain_epochs=pretrain_epochs,
+    )
+    models.save_model(model, model_dir)  # model.pt; the card below replaces its bare model.json
+    card.write(model_dir)
     registered = tracking.finish_run(
         tracking_uri,
         mlflow_run_id,

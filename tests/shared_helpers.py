@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hashing.datasets import load_mnist5k
+from hashing.models import HashModel, save_model
+from pipelines.contracts import ImageSpec, ModelCard
 
-__all__ = ["moto_endpoint", "write_digit_folder"]
+__all__ = ["moto_endpoint", "save_model_dir", "write_digit_folder"]
 
 
 def write_digit_folder(root: Path, per_class: int) -> Path:
@@ -23,6 +26,33 @@ def write_digit_folder(root: Path, per_class: int) -> Path:
         for i, row in enumerate(np.flatnonzero(labels == cls)[:per_class]):
             Image.fromarray(images[row]).save(root / str(cls) / f"{i:03d}.png")
     return root
+
+
+def save_model_dir(model: HashModel, directory: Path, *, side: int, **card: Any) -> Path:
+    """``model`` saved as train saves it: ``model.pt`` and a complete model card for
+    ``side`` x ``side`` images. ``card`` overrides the card's provenance fields (test values)."""
+    save_model(model, directory)
+    fields = {
+        "method": "adsh",
+        "mean": 0.5,
+        "std": 0.5,
+        "classes": [],
+        "dataset": "test",
+        "model_version": "test",
+        "mlflow_run_id": "test-run",
+        "best_epoch": 1,
+        "best_val_map": None,
+        "rotation": "none" if model.rotation is None else "itq",
+        "pretrain_epochs": 0,
+    }
+    channels = model.config["in_channels"]
+    ModelCard(
+        **model.config,
+        has_rotation=model.rotation is not None,
+        image=ImageSpec(height=side, width=side, channels=channels),
+        **(fields | card),
+    ).write(directory)
+    return Path(directory)
 
 
 @contextmanager

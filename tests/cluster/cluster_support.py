@@ -22,9 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hashing.models import load_model, read_model_config
+from hashing.models import load_model
 from hashing.recipe import Recipe
 from pipelines.config import TrainConfig
+from pipelines.contracts import ModelCard
 
 PER_CLASS = 30  # 300 digits: 270 train (= database), 30 queries
 # Three short epochs: enough for a kill after the first checkpoint to land mid-run. No
@@ -149,12 +150,12 @@ def prepared_rows(data: str) -> dict[str, np.ndarray]:
 
 def reference_outputs(data: str, model_dir: Path) -> dict[str, np.ndarray]:
     """id -> the model's continuous outputs (bits,) computed here, one image at a time."""
-    model, config = load_model(model_dir), read_model_config(model_dir)
+    model, card = load_model(model_dir), ModelCard.read(model_dir)
     outputs = {}
     with torch.inference_mode():
         for row_id, image in prepared_rows(data).items():
             x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]  # 1 x 1 x H x W
-            outputs[row_id] = model.embed((x - config["mean"]) / config["std"])[0].numpy()
+            outputs[row_id] = model.embed((x - card.mean) / card.std)[0].numpy()
     return outputs
 
 

@@ -33,8 +33,9 @@ from cluster_support import (
     reference_outputs,
 )
 from mlflow.tracking import MlflowClient
+from shared_helpers import save_model_dir
 
-from hashing.models import build, save_model
+from hashing.models import build
 from pipelines.encode import encode
 from pipelines.evaluate import evaluate
 from pipelines.train import train
@@ -121,10 +122,9 @@ def test_killed_encode_actor_leaves_every_id_exactly_once(
 
     # A ResNet-18 (untrained: weights do not matter here) makes each batch task last long enough to
     # be killed while it runs; small blocks make many tasks for two actors.
-    model_dir = save_model(
-        build("resnet18", bits=32, in_channels=1), tmp_path / "model",
-        extra={"image": {"height": 28, "width": 28, "channels": 1}, "mean": 0.5, "std": 0.5},
-    )  # fmt: skip
+    model_dir = save_model_dir(
+        build("resnet18", bits=32, in_channels=1), tmp_path / "model", side=28
+    )
     context = DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 16 * 1024
     killer = Killer(ready=lambda: True, pick=lambda title: title.startswith(ENCODE_ACTOR + BUSY),

@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.codes_io import (
-    MANIFEST,
     IncompleteCodesError,
     codes_table,
     multi_hot,
     read_codes,
+    read_metadata,
     write_codes,
 )
+from pipelines.contracts import MANIFEST, CodesManifest
 
 BITS = 24
 
@@ -59,7 +60,9 @@ def test_round_trip_keeps_every_column_metadata_and_manifest(tmp_path):
                             "created_at": "2024-01-01T00:00:00+00:00", "bits": "24"}  # fmt: skip
 
     on_disk = json.loads((tmp_path / "codes" / MANIFEST).read_text())
-    assert on_disk == manifest and on_disk["rows"] == 50 and on_disk["bits"] == BITS
+    assert on_disk == manifest.to_dict() and on_disk["rows"] == 50 and on_disk["bits"] == BITS
+    assert CodesManifest.from_dict(on_disk, MANIFEST) == manifest == got.manifest
+    assert read_metadata(str(tmp_path / "codes")) == (manifest, got.metadata)  # reads no rows
     assert [f["path"] for f in on_disk["files"]] == [f"part-0000{i}.parquet" for i in range(3)]
     for entry, rows in zip(on_disk["files"], (20, 20, 10)):
         data = (tmp_path / "codes" / entry["path"]).read_bytes()
@@ -149,3 +152,18 @@ def test_round_trip_on_s3(s3_bucket):
     np.testing.assert_array_equal(got.codes, codes)
     with pytest.raises(IncompleteCodesError):
         read_codes("s3://corpus/elsewhere")
+
+
+def test_write_refuses_metadata_outside_the_contract(tmp_path):
+    table = codes_table(["a"], np.zeros((1, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"unknown codes metadata \['modle_version'\]"):
+        write_codes(str(tmp_path), [table], bits=24, metadata={"modle_version": "7"})
+
+
+def test_a_manifest_that_breaks_the_contract_is_refused_by_name(tmp_path):
+    _write(tmp_path)
+    on_disk = json.loads((tmp_path / MANIFEST).read_text())
+    on_disk["bits"] = str(on_disk["bits"])
+    (tmp_path / MANIFEST).write_text(json.dumps(on_disk))
+    with pytest.raises(ValueError, match=f"{MANIFEST}: bits: Input should be a valid integer"):
+        read_codes(str(tmp_path))

@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from shared_helpers import save_model_dir
 
 from hashing import metrics
-from hashing.models import build, save_model
-from pipelines.codes_io import MANIFEST, IncompleteCodesError, read_codes
+from hashing.models import build
+from pipelines.codes_io import IncompleteCodesError, read_codes
+from pipelines.contracts import MANIFEST
 from pipelines.encode import EncoderUDF, encode
 from pipelines.evaluate import evaluate
 from pipelines.model_store import load_for_inference, resolve_model
@@ -53,14 +55,17 @@ def prepared(tmp_path_factory):
         return f"{split}/{name}"
 
     meta = {
-        "name": "tiny", "protocol": "random", "classes": ["a", "b", "c"], "multi_label": False,
-        "image": {"height": SIDE, "width": SIDE, "channels": 1, "format": "png"},
+        "name": "tiny", "source": "folder", "source_path": "/corpus", "protocol": "random",
+        "seed": 0, "classes": ["a", "b", "c"], "multi_label": False,
+        "image": {"height": SIDE, "width": SIDE, "channels": 1, "mode": "L", "format": "png"},
         "splits": {
             "query": {"rows": 15, "files": [write("query", "part-00000.parquet", range(15))]},
             "train": {"rows": 45, "files": [write("train", "part-00000.parquet", range(15, 38)),
                                             write("train", "part-00001.parquet", range(38, 60))]},
             "database": {"same_as": "train"},
         },
+        "counts": {"input": 60, "kept": 60, "skipped": 0}, "skipped_reasons": {}, "skipped": [],
+        "created_at": EPOCH_ISO, "source_options": {},
     }  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(meta))
     by_id = {ids[i]: (images[i], int(labels[i])) for i in range(60)}
@@ -87,12 +92,14 @@ def model_dir(tmp_path_factory, mlflow_store):
     model = build("smallcnn", bits=BITS, in_channels=1)
     model.set_rotation(torch.linalg.qr(torch.randn(BITS, BITS))[0])
     directory = tmp_path_factory.mktemp("model")
-    save_model(model.eval(), directory, extra={
-        "method": "adsh", "image": {"height": SIDE, "width": SIDE, "channels": 1},
-        "mean": 0.5, "std": 0.5, "classes": ["a", "b", "c"], "model_version": "v1",
-        "mlflow_run_id": mlflow_store["run_id"],
-    })  # fmt: skip
-    return directory
+    return save_model_dir(
+        model.eval(),
+        directory,
+        side=SIDE,
+        classes=["a", "b", "c"],
+        model_version="v1",
+        mlflow_run_id=mlflow_store["run_id"],
+    )
 
 
 def reference(model_dir, images):

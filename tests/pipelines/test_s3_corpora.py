@@ -21,8 +21,9 @@ from corpora import (
     write_nuswide,
     write_tar,
 )
+from shared_helpers import save_model_dir
 
-from hashing.models import build, save_model
+from hashing.models import build
 from pipelines import prepare as prepare_module
 from pipelines import storage
 from pipelines.codes_io import read_codes
@@ -162,10 +163,7 @@ def test_prepare_then_encode_through_s3(ray_cluster, s3_bucket, tmp_path, monkey
 
     torch.manual_seed(0)
     model = build("smallcnn", bits=16, in_channels=3)
-    save_model(model.eval(), tmp_path / "model", extra={
-        "method": "adsh", "mean": 0.5, "std": 0.5, "model_version": "test",
-        "image": {"height": 32, "width": 32, "channels": 3}, "classes": meta["classes"],
-    })  # fmt: skip
+    save_model_dir(model.eval(), tmp_path / "model", side=32, classes=meta["classes"])
     summary = encode(prepared, str(tmp_path / "model"), f"s3://{BUCKET}/codes", batch_size=16,
                      progress=False)  # fmt: skip
     assert summary["images"] == 60

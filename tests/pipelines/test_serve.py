@@ -2,8 +2,8 @@
 
 References are written here: distances by XOR and bit counting on Python integers, sorted by
 (distance, id); image codes by running the model on pixels normalised by hand and packing the
-sign bits one by one. The codes directories are built with codes_io, the model with save_model,
-as train and encode write them.
+sign bits one by one. The codes directories are built with codes_io, the model directory with
+save_model_dir (model.pt and a complete model card), as train and encode write them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import requests
 import torch
 import yaml
 from PIL import Image
+from shared_helpers import save_model_dir
 
-from hashing.models import build, save_model
+from hashing.models import build
 from pipelines.cli import main
 from pipelines.codes_io import codes_table, write_codes
 from pipelines.search_client import search
@@ -86,10 +87,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     model = build("smallcnn", bits=BITS, in_channels=1).eval()
-    save_model(model, root / "model", extra={
-        "method": "adsh", "image": {"height": SIDE, "width": SIDE, "channels": 1},
-        "mean": 0.5, "std": 0.5, "model_version": MODEL_VERSION,
-    })  # fmt: skip
+    save_model_dir(model, root / "model", side=SIDE, model_version=MODEL_VERSION)
     rng = np.random.default_rng(7)
     images = {
         f"img/{i:02d}.png": rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8) for i in range(30)
