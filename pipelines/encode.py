@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hashing.codes import pack_codes
-from hashing.engine import images_to_tensor
+from hashing.training import images_to_tensor
 from hashing.models import read_model_config
 from pipelines import storage
 from pipelines.codes_io import codes_table, write_codes

@@ -69,7 +69,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import Headers
 
 from hashing.codes import from_hex, pack_codes, to_hex
-from hashing.engine import images_to_tensor
+from hashing.training import images_to_tensor
 from hashing.index import HammingIndex
 from hashing.models import read_model_config
 from pipelines import storage
