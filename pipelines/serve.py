@@ -69,9 +69,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import Headers
 
 from hashing.codes import from_hex, pack_codes, to_hex
-from hashing.training import images_to_tensor
 from hashing.index import HammingIndex
 from hashing.models import read_model_config
+from hashing.training import images_to_tensor
 from pipelines import storage
 from pipelines.codes_io import MANIFEST, METADATA_PREFIX, read_codes, read_manifest
 from pipelines.images import BadImage, decode_image, normalize_image
