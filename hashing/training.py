@@ -6,8 +6,8 @@ same model whichever runs it; the Ray layer adds only its data shards, DDP wrapp
 as callbacks.
 
 Batches are ``(images, labels)`` pairs: images float (n x C x H x W), labels multi-hot (n x C) or
-class ids (n,). Any iterable of such pairs works (a DataLoader, Ray's ``iter_torch_batches``
-adapted by the caller).
+class ids (n,). Any iterable of such pairs works (a DataLoader, Ray Data batches adapted by the
+caller).
 
 Invariants of ``fit``: epochs run in order from ``state.epoch + 1``; the first
 ``pretrain_epochs`` train the classifier (the recipe's stage plan), the rest the hashing loss; the
@@ -36,7 +36,7 @@ __all__ = [
     "EpochCallback",
     "FitState",
     "Objective",
-    "Training",
+    "TrainingSetup",
     "build_optimizer",
     "build_scheduler",
     "build_training",
@@ -211,7 +211,30 @@ def evaluate_retrieval(
 
 
 @dataclass
-class Training:
+class FitState:
+    """Progress of ``fit``; with ``TrainingSetup.checkpoint`` it is what a resume starts from.
+
+    Epochs are 0-based; ``epoch`` is the last finished one (-1 before the first).
+    ``best_val_map`` is None when no epoch was validated (the last epoch is then the best).
+    """
+
+    epoch: int = -1
+    best_epoch: int = -1
+    best_val_map: float | None = None
+    best_model: dict[str, torch.Tensor] | None = None  # the model's state dict, on the CPU
+    history: list[dict[str, float]] = field(default_factory=list)  # each epoch's metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (the tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# (epoch, metrics, state) after each epoch: epoch 0-based, metrics as appended to state.history.
+EpochCallback = Callable[[int, dict[str, float], FitState], None]
+
+
+@dataclass
+class TrainingSetup:
     """What ``fit`` drives: the objective, its optimizer and schedule, and the recipe's stage plan.
 
     ``objective`` may be replaced by a data-parallel wrapper of itself (``prepare_model``) before
@@ -251,7 +274,7 @@ class Training:
         return FitState(**values)
 
 
-def build_training(recipe: Recipe, model: nn.Module, num_classes: int) -> Training:
+def build_training(recipe: Recipe, model: nn.Module, num_classes: int) -> TrainingSetup:
     """The recipe's loss, stage plan, optimizer and schedule around ``model`` (a ``HashModel``).
 
     The classifier of the pre-training stage exists only when the stage plan has pre-training
@@ -267,34 +290,11 @@ def build_training(recipe: Recipe, model: nn.Module, num_classes: int) -> Traini
         objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
     )
     scheduler = build_scheduler(optimizer, epochs, recipe.warmup_epochs)
-    return Training(objective, optimizer, scheduler, pretrain_epochs, epochs, rotation)
-
-
-@dataclass
-class FitState:
-    """Progress of ``fit``; with ``Training.checkpoint`` it is what a resume starts from.
-
-    Epochs are 0-based; ``epoch`` is the last finished one (-1 before the first).
-    ``best_val_map`` is None when no epoch was validated (the last epoch is then the best).
-    """
-
-    epoch: int = -1
-    best_epoch: int = -1
-    best_val_map: float | None = None
-    best_model: dict[str, torch.Tensor] | None = None  # the model's state dict, on the CPU
-    history: list[dict[str, float]] = field(default_factory=list)  # each epoch's metrics
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (the tensors are not copied)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# (epoch, metrics, state) after each epoch: epoch 0-based, metrics as appended to state.history.
-EpochCallback = Callable[[int, dict[str, float], FitState], None]
+    return TrainingSetup(objective, optimizer, scheduler, pretrain_epochs, epochs, rotation)
 
 
 def fit(
-    training: Training,
+    setup: TrainingSetup,
     batches: Callable[[int], Iterable[Batch]],
     device: torch.device,
     *,
@@ -304,7 +304,7 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     stop_after_epochs: int | None = None,
 ) -> FitState:
-    """Train ``training`` from ``state`` (resume; None starts afresh) up to ``training.epochs``.
+    """Train ``setup`` from ``state`` (resume; None starts afresh) up to ``setup.epochs``.
 
     ``batches(epoch)`` gives that epoch's training batches. ``validate(model)`` scores the hash
     model (e.g. validation mAP; higher is better) after each epoch; without it every epoch
@@ -314,14 +314,14 @@ def fit(
     Returns the state; ``state.best_model`` holds the selected weights.
     """
     state = FitState() if state is None else state
-    inner = training.inner
-    for epoch in range(state.epoch + 1, training.epochs):
+    inner = setup.inner
+    for epoch in range(state.epoch + 1, setup.epochs):
         start = time.perf_counter()
-        inner.pretraining = epoch < training.pretrain_epochs
+        inner.pretraining = epoch < setup.pretrain_epochs
         stats = train_one_epoch(
-            training.objective, batches(epoch), training.optimizer, device, augment=augment
+            setup.objective, batches(epoch), setup.optimizer, device, augment=augment
         )
-        training.scheduler.step()
+        setup.scheduler.step()
         epoch_metrics = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         val_map = None if validate is None else float(validate(inner.model))
         if val_map is not None:

@@ -332,7 +332,7 @@ def _train_loop(cfg: dict[str, Any]) -> None:
 
 
 def _report_only(epoch: int, metrics: dict[str, float], state: training.FitState) -> None:
-    """Ranks other than 0: report the epoch's metrics (Ray Train expects every rank to report)."""
+    """Ranks other than 0: report the epoch's metrics, as every rank does each epoch."""
     ray.train.report(metrics)
 
 
@@ -345,7 +345,11 @@ def _print_epoch(
 
 
 def _report_checkpoint(
-    epoch: int, metrics: dict[str, float], state: training.FitState, *, setup: training.Training
+    epoch: int,
+    metrics: dict[str, float],
+    state: training.FitState,
+    *,
+    setup: training.TrainingSetup,
 ) -> None:
     """Rank 0: report the epoch's metrics with its checkpoint (``epoch-NNN``)."""
     with tempfile.TemporaryDirectory() as tmp:

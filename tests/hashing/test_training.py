@@ -26,7 +26,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def _setup(**recipe: object) -> training.Training:
+def _setup(**recipe: object) -> training.TrainingSetup:
     torch.manual_seed(0)
     values = {"bits": 8, "batch_size": 16, "warmup_epochs": 0, **recipe}
     model = models.build("smallcnn", bits=8, in_channels=1)
