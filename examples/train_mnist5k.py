@@ -109,7 +109,8 @@ def main() -> None:
         outputs, row_labels = training.compute_outputs(
             model, batches(x[rows], y[rows], 512, None), device
         )
-        model.set_rotation(quantize.fit_rotation(setup.rotation, outputs, row_labels, recipe.seed))
+        rotation = quantize.fit_rotation(setup.rotation, outputs, row_labels, recipe.seed)
+        model.set_rotation(rotation.to(device))
 
     result = training.evaluate_retrieval(
         model,
