@@ -172,5 +172,7 @@ def test_post_hoc_rotation_after_fit_is_orthogonal_and_applied_by_embed() -> Non
     model.set_rotation(rotation)
     rotated, _ = training.compute_outputs(model, _batches(0), CPU)
     np.testing.assert_allclose(rotated, outputs @ rotation.numpy(), rtol=1e-4, atol=1e-5)
+    search = fit_rotation("search", outputs, labels, seed=0)  # SDSH's mAP search, the default
+    assert torch.allclose(search @ search.T, torch.eye(8), atol=1e-5)
     with pytest.raises(ValueError, match="itq or search"):
         fit_rotation("none", outputs, labels, seed=0)
