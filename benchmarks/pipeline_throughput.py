@@ -1,7 +1,8 @@
 """Ray pipeline vs the bare PyTorch loop: training and encoding images/s on the same data and cores.
 
-Both sides train the same recipe (smallcnn + ADSH, mnist5k fit rows, same batch size, same
-augmentation) for the same epochs and encode the same 5,000 digits; the ratio is Ray / bare.
+Both sides train the same recipe through ``hashing.training.fit`` (smallcnn + ADSH, mnist5k fit
+rows, same batch size, same augmentation) for the same epochs and encode the same 5,000 digits;
+the ratio is Ray / bare.
 Writes benchmarks/results/pipeline_throughput.{json,md}.
 
     python benchmarks/pipeline_throughput.py --epochs 3
@@ -15,12 +16,13 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hashing import engine, losses, models, splits
+from hashing import models, splits, training
 from hashing.augment import RandomAffine
 from hashing.datasets import load_mnist5k
 from hashing.recipe import Recipe
@@ -29,31 +31,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bare(recipe: Recipe) -> dict[str, float]:
-    """Training and encoding throughput of a plain in-process loop over in-memory tensors."""
+    """Training and encoding throughput of the plain ``fit`` loop over in-memory tensors."""
     images, labels = load_mnist5k()
     split = splits.split_indices(labels, "mnist5k", seed=0)
     keep, _ = splits.holdout(len(split["train"]), recipe.val_fraction, seed=recipe.seed)
     rows = split["train"][keep]
-    x, y = engine.images_to_tensor(images), torch.as_tensor(labels)
+    x, y = training.images_to_tensor(images), torch.as_tensor(labels)
     torch.manual_seed(recipe.seed)
     model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1)
-    objective = engine.Objective(
-        model, losses.build(recipe.method, bits=recipe.bits, num_classes=10)
-    )
-    optimizer = engine.build_optimizer(
-        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
-    )
+    setup = training.build_training(recipe, model, num_classes=10)
     augment = RandomAffine(generator=torch.Generator().manual_seed(1))
-    rates = []
-    for _ in range(recipe.epochs):
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.as_tensor(rows)[torch.randperm(len(rows))]
-        batches = ((x[order[i : i + recipe.batch_size]], y[order[i : i + recipe.batch_size]])
-                   for i in range(0, len(order), recipe.batch_size))  # fmt: skip
-        rates.append(engine.train_one_epoch(objective, batches, optimizer, torch.device("cpu"),
-                                            augment=augment)["images_per_s"])  # fmt: skip
+        for i in range(0, len(order), recipe.batch_size):
+            yield x[order[i : i + recipe.batch_size]], y[order[i : i + recipe.batch_size]]
+
+    state = training.fit(setup, batches, torch.device("cpu"), augment=augment)
+    rates = [metrics["train_images_per_s"] for metrics in state.history]
     start = time.perf_counter()
-    engine.compute_outputs(model, ((x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)),
-                           torch.device("cpu"))  # fmt: skip
+    encode_batches = ((x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256))
+    training.compute_outputs(model, encode_batches, torch.device("cpu"))
     return {
         "train_images_per_s": float(np.mean(rates)),
         "encode_images_per_s": len(x) / (time.perf_counter() - start),

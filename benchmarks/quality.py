@@ -33,7 +33,7 @@ SEEDS, SEED_BITS = ("adsh", "sdsh", "exphash", "tql"), (12, 24, 32, 48)
 BASELINES, BASELINE_BITS = ("dsh", "dpsh", "hashnet", "csq"), (12, 48)
 FLOOR = ("lsh", "itq")
 REFERENCE_BITS = (12, 24, 32, 48)
-# EVALUATION.md reference numbers: CIFAR-10, protocol cifar10-1k, mAP@all (Luo et al. survey).
+# docs/evaluation.md reference numbers: CIFAR-10, protocol cifar10-1k, mAP@all (Luo et al. survey).
 CIFAR_REFERENCE = {"adsh": (0.754, 0.780, 0.786, 0.795), "dsh": (0.644, 0.742, 0.770, 0.799),
                    "dpsh": (0.713, 0.727, 0.744, 0.757), "hashnet": (0.685, 0.707, 0.705, 0.705),
                    "itq": (0.127, 0.128, 0.126, 0.129)}  # fmt: skip
@@ -65,7 +65,7 @@ PAPER_NOTES = {
         "0.798 at seeds 0 and 1): its pairwise likelihood leaves class codes colliding. In the "
         "plain loop at seed 0, digits 2 and 3 share one 12-bit code and 5 and 8 differ in one "
         "bit. The quantization weight decides it: eta 0.01 gives 0.924 (closest class codes 2 "
-        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). METHODS.md's eta "
+        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). docs/methods.md's eta "
         "0.1 is kept; at 48 bits the codes separate (0.979)."
     ),
     "hashnet": "paper: ImageNet/NUS-WIDE/COCO; survey CIFAR-10 .685-.705.",
@@ -88,9 +88,9 @@ def cell_recipe(method: str, bits: int, args: argparse.Namespace) -> dict[str, A
 
 def tuned_recipe(path: str) -> dict[str, Any]:
     """The recipe of a tuned cell's train config (YAML), as a dict."""
-    from pipelines.config import load_train_config
+    from hashing.recipe import Recipe
 
-    return load_train_config(path, data="-").recipe.to_dict()
+    return Recipe.from_yaml(path).to_dict()
 
 
 def tuned_cells(
@@ -228,7 +228,7 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
     methods = sorted({c.split("@")[0] for c in [*cells, *pending] if "@" in c}, key=_row_order)
     cifar = "CIFAR-10 cifar10-1k, 12/24/32/48"
     lines = [f"# Retrieval quality, protocol `{protocol}`", "",
-             ("Tie-aware mAP@all, id-order mAP@all in parentheses (EVALUATION.md), through the real "
+             ("Tie-aware mAP@all, id-order mAP@all in parentheses (docs/evaluation.md), through the real "
               "pipeline (prepare, Ray Train, encode, evaluate); model selection on a validation split "
               "held out from train, never the queries."), "",
              f"- machine: {results['machine']}",
@@ -243,7 +243,7 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
             else "-"
         )
         lines.append(f"| {method} | " + " | ".join(values) + f" | {reference} |")
-    lines += ["", (f"MNIST reference (EVALUATION.md): {MNIST_REFERENCE}. The CIFAR-10 column is a "
+    lines += ["", (f"MNIST reference (docs/evaluation.md): {MNIST_REFERENCE}. The CIFAR-10 column is a "
                    "different dataset and protocol, shown for orientation only.")]  # fmt: skip
     tuned = results.get("tuned", {})
     if tuned:

@@ -1,9 +1,11 @@
 """Plain PyTorch (no Ray): train a hashing network on the bundled MNIST digits, print mAP@all.
 
 The reference the Ray pipeline must match, and the bare loop the throughput benchmark compares
-against. Protocol ``mnist5k`` (EVALUATION.md): 1,000 queries (100/class); the other 4,000 digits
-are train and database; model selection uses a validation split held out from train
-(``--set val_fraction=0`` trains on all 4,000 and keeps the last epoch).
+against: the same ``hashing.training.fit`` loop and stage plan (exphash's classification
+pre-training, sdsh's post-hoc rotation search). Protocol ``mnist5k`` (docs/evaluation.md):
+1,000 queries (100/class); the other 4,000 digits are train and database; model selection uses a
+validation split held out from train (``--set val_fraction=0`` trains on all 4,000 and keeps the
+last epoch), on which a rotation is also fitted.
 
     python examples/train_mnist5k.py --method adsh --bits 32
     python examples/train_mnist5k.py --config configs/mnist5k-adsh-48-tuned.yaml --seed 1
@@ -17,22 +19,23 @@ same model up to data order (Ray Data shuffles with a local buffer).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import yaml
 
-from hashing import engine, losses, models, splits
+from hashing import models, rotations, splits, training
 from hashing.augment import RandomAffine
 from hashing.datasets import load_mnist5k
 from hashing.recipe import Recipe
-from pipelines.config import load_train_config
 
 
-def batches(images: torch.Tensor, labels: torch.Tensor, size: int, shuffle: torch.Generator | None):
+def batches(
+    images: torch.Tensor, labels: torch.Tensor, size: int, shuffle: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images, labels) mini-batches; shuffled when a generator is given."""
     order = torch.randperm(len(images), generator=shuffle) if shuffle else torch.arange(len(images))
     for start in range(0, len(images), size):
@@ -49,8 +52,13 @@ def main() -> None:
     parser.add_argument("--bits", type=int, help=f"code length (default {Recipe.bits})")
     parser.add_argument("--epochs", type=int, help=f"epochs (default {Recipe.epochs})")
     parser.add_argument("--seed", type=int, help="seed of init, order and holdout (default 0)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more recipe key, e.g. batch_size=32 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more recipe key, e.g. batch_size=32 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     recipe = _recipe(args)
@@ -60,7 +68,7 @@ def main() -> None:
     images, labels = load_mnist5k()
     split = splits.split_indices(labels, "mnist5k", seed=0)
     keep, val = splits.holdout(len(split["train"]), recipe.val_fraction, seed=recipe.seed)
-    x = engine.images_to_tensor(images)
+    x = training.images_to_tensor(images)
     y = torch.as_tensor(labels)
     fit_rows, val_rows = split["train"][keep], split["train"][val]
 
@@ -68,64 +76,77 @@ def main() -> None:
     model = models.build(
         recipe.backbone, bits=recipe.bits, in_channels=1, shift_average=recipe.shift_average
     ).to(device)
-    loss_fn = losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
-    loss_fn.to(device)
-    objective = engine.Objective(model, loss_fn)
-    optimizer = engine.build_optimizer(
-        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
-    )
-    scheduler = engine.build_scheduler(optimizer, recipe.epochs, recipe.warmup_epochs)
+    try:  # the stage plan refuses a rotation without a validation split
+        setup = training.build_training(recipe, model, num_classes=10)
+    except ValueError as err:
+        raise SystemExit(f"bad recipe: {err}") from err
+    setup.objective.to(device)
     shuffle = torch.Generator().manual_seed(recipe.seed)
     augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1))
-    augment = augment if recipe.augment else None
 
-    best, best_state = None, None  # stay None when nothing is held out (val_fraction 0)
-    for epoch in range(recipe.epochs):
-        stats = engine.train_one_epoch(
-            objective, batches(x[fit_rows], y[fit_rows], recipe.batch_size, shuffle),
-            optimizer, device, augment=augment,
-        )  # fmt: skip
-        scheduler.step()
-        val_map = None
-        if len(val_rows):
-            val_map = engine.evaluate_retrieval(
-                model, batches(x[val_rows], y[val_rows], 512, None),
-                batches(x[fit_rows], y[fit_rows], 512, None), device,
-            )["map_tie_aware"]  # fmt: skip
-            if best is None or val_map > best:
-                best, best_state = val_map, copy.deepcopy(model.state_dict())
-        if not args.json:
-            val_text = "" if val_map is None else f"val mAP {val_map:.4f}  "
-            print(f"epoch {epoch + 1:2d}/{recipe.epochs}  loss {stats['loss']:.4f}  "
-                  f"{val_text}{stats['images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+    def validate(hash_model: torch.nn.Module) -> float:
+        return training.evaluate_retrieval(
+            hash_model,
+            batches(x[val_rows], y[val_rows], 512, None),
+            batches(x[fit_rows], y[fit_rows], 512, None),
+            device,
+        )["map_tie_aware"]
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result = engine.evaluate_retrieval(
-        model, batches(x[split["query"]], y[split["query"]], 512, None),
-        batches(x[split["train"]], y[split["train"]], 512, None), device,
-    )  # fmt: skip
-    result.update(method=recipe.method, bits=recipe.bits, protocol="mnist5k",
-                  best_val_map=best,
-                  seconds=round(time.perf_counter() - start, 1), recipe=recipe.to_dict())  # fmt: skip
-    print(json.dumps(result) if args.json else
-          f"mnist5k {recipe.method} {recipe.bits} bits: tie-aware mAP@all {result['map_tie_aware']:.4f}"
-          f"  id-order {result['map_id_order']:.4f}  ({result['seconds']} s)")  # fmt: skip
+    def report(epoch: int, metrics: dict[str, float], state: training.FitState) -> None:
+        print(training.epoch_line(metrics, setup.epochs), flush=True)
+
+    state = training.fit(
+        setup,
+        lambda epoch: batches(x[fit_rows], y[fit_rows], recipe.batch_size, shuffle),
+        device,
+        validate=validate if len(val_rows) else None,  # none held out: the last epoch is kept
+        augment=augment if recipe.augment else None,
+        callbacks=[] if args.json else [report],
+    )
+    model.load_state_dict(state.best_model)
+    if setup.rotation != "none":  # fitted on training-side rows (validation and fit), never queries
+        rows = split["train"]
+        outputs, row_labels = training.compute_outputs(
+            model, batches(x[rows], y[rows], 512, None), device
+        )
+        rotation = rotations.fit_rotation(setup.rotation, outputs, row_labels, recipe.seed)
+        model.set_rotation(rotation.to(device))
+
+    result = training.evaluate_retrieval(
+        model,
+        batches(x[split["query"]], y[split["query"]], 512, None),
+        batches(x[split["train"]], y[split["train"]], 512, None),
+        device,
+    )
+    result.update(
+        method=recipe.method,
+        bits=recipe.bits,
+        protocol="mnist5k",
+        best_val_map=state.best_val_map,
+        seconds=round(time.perf_counter() - start, 1),
+        recipe=recipe.to_dict(),
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"mnist5k {recipe.method} {recipe.bits} bits: tie-aware mAP@all "
+            f"{result['map_tie_aware']:.4f}  id-order {result['map_id_order']:.4f}  "
+            f"({result['seconds']} s)"
+        )
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
     """The config's recipe (or the defaults), then ``--set`` keys, then the named flags."""
-    values = {}
-    if args.config:  # read as the pipeline reads it; the plain loop needs no dataset folder
-        values = load_train_config(args.config, data="-").recipe.to_dict()
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        values[key.strip()] = yaml.safe_load(text)
-    flags = {"method": args.method, "bits": args.bits, "epochs": args.epochs, "seed": args.seed}
-    values.update({key: value for key, value in flags.items() if value is not None})
     try:
+        values = Recipe.from_yaml(args.config).to_dict() if args.config else {}
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+            values[key.strip()] = yaml.safe_load(text)
+        flags = {"method": args.method, "bits": args.bits, "epochs": args.epochs, "seed": args.seed}
+        values.update({key: value for key, value in flags.items() if value is not None})
         return Recipe.from_dict(values)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"bad recipe: {err}") from err

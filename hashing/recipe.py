@@ -1,13 +1,17 @@
 """The training recipe: every knob of one training run, with defaults that work on mnist5k.
 
 The plain example and the Ray trainer both read a ``Recipe``, so the same settings give the same
-model whichever runs them; the pipeline config embeds it and adds the cluster-side options.
+model whichever runs them; the pipeline config embeds it (its ``recipe:`` section) and adds the
+cluster-side options. Unknown keys are errors, so a typo in a config never silently does nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 __all__ = ["Recipe"]
 
@@ -38,13 +42,22 @@ class Recipe:
     shift_average: bool = False
 
     def stage_plan(self, stages: tuple[str, ...]) -> tuple[int, str]:
-        """(classification pre-training epochs, rotation kind) for a method declaring ``stages``."""
+        """(classification pre-training epochs, rotation kind) for a method declaring ``stages``.
+
+        A rotation is fitted on the validation split held out from train, so it needs
+        ``val_fraction`` above 0.
+        """
         pretrain = self.pretrain_epochs
         if pretrain is None:
             pretrain = 3 if "classification_pretrain" in stages else 0
         rotation = self.rotation or ("search" if "rotation" in stages else "none")
         if rotation not in ("none", "itq", "search"):
             raise ValueError(f"rotation must be none, itq or search, got {rotation!r}")
+        if rotation != "none" and self.val_fraction == 0:
+            raise ValueError(
+                f"the {rotation!r} rotation is fitted on the validation split held out from "
+                f"train; val_fraction 0 holds none out (use e.g. 0.1, or rotation: none)"
+            )
         return pretrain, rotation
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,3 +72,13 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        """The ``recipe:`` section of a config YAML (a pipeline config); defaults when absent."""
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise TypeError(
+                f"{path}: a config file must hold a mapping, got {type(loaded).__name__}"
+            )
+        return cls.from_dict(dict(loaded.get("recipe") or {}))

@@ -21,11 +21,18 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from hashing.codes import pack_codes
 from hashing.metrics import mean_average_precision
 
-__all__ = ["itq_rotation", "map_rotation_search", "pseudo_split", "random_orthogonal"]
+__all__ = [
+    "fit_rotation",
+    "itq_rotation",
+    "map_rotation_search",
+    "pseudo_split",
+    "random_orthogonal",
+]
 
 
 def random_orthogonal(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -116,6 +123,25 @@ def map_rotation_search(
         if progress is not None:
             progress(t + 1, best)
     return rotation.astype(np.float32)
+
+
+def fit_rotation(
+    kind: str, embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, seed: int
+) -> torch.Tensor:
+    """The post-hoc rotation of a recipe's stage plan, for ``HashModel.set_rotation``.
+
+    ``kind`` "itq" (``itq_rotation``, labels unused) or "search" (``map_rotation_search``);
+    embeddings (n x K) are training-side outputs, never queries. Returns float32 (K x K).
+    """
+    if kind not in ("itq", "search"):
+        raise ValueError(f"rotation kind must be itq or search, got {kind!r}")
+    # Many small matrix products: multi-threaded BLAS is much slower here, not faster.
+    with threadpool_limits(1):
+        if kind == "itq":
+            rotation = itq_rotation(embeddings, seed=seed)
+        else:
+            rotation = map_rotation_search(embeddings, labels, seed=seed)
+    return torch.as_tensor(rotation, dtype=torch.float32)
 
 
 def _as_matrix(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:

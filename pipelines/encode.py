@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hashing.codes import pack_codes
-from hashing.engine import images_to_tensor
+from hashing.training import images_to_tensor
 from pipelines import storage
 from pipelines.codes_io import codes_table, write_codes
 from pipelines.config import default_tracking_uri

@@ -1,4 +1,4 @@
-"""``hashray train``: a Ray Train ``TorchTrainer`` around ``hashing.engine``.
+"""``hashray train``: a Ray Train ``TorchTrainer`` around ``hashing.training.fit``.
 
 The driver holds out a validation split from train (written to ``split.json``), opens or reuses
 the MLflow run, and starts the workers. Each worker trains on its shard of the Ray Dataset; world
@@ -6,16 +6,19 @@ rank 0 validates, logs to MLflow and writes one checkpoint per epoch (``epoch-NN
 same command again resumes from the last checkpoint into the same MLflow run, and once a run has
 finished it returns the stored result instead of training twice. The best epoch on the validation
 split (never the queries) becomes ``<out>/<name>/model`` and the run's registered MLflow model;
-with ``val_fraction`` 0 nothing is held out and the last epoch does.
+with ``val_fraction`` 0 nothing is held out and the last epoch does. The worker adds only Ray's
+parts to ``fit``: its data shard, DDP wrapping, and (as callbacks) MLflow metrics, the epoch line
+and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,8 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from threadpoolctl import threadpool_limits
 
-from hashing import engine, losses, models, splits
+from hashing import losses, models, rotations, splits, training
 from hashing.augment import RandomAffine
 from hashing.recipe import Recipe
 from pipelines import console, storage, tracking
@@ -61,10 +63,7 @@ def train(
     dataset = PreparedDataset.open(config.data)
     stages = losses.build(config.recipe.method, bits=config.recipe.bits, num_classes=dataset.num_classes,
                           **config.recipe.loss_params).stages  # fmt: skip
-    pretrain_epochs, rotation = config.recipe.stage_plan(stages)
-    if rotation != "none" and config.recipe.val_fraction == 0:
-        raise ValueError(f"the {rotation!r} rotation is fitted on the validation split held out "
-                         f"from train; val_fraction 0 holds none out (use e.g. 0.1, or rotation: none)")  # fmt: skip
+    pretrain_epochs, rotation = config.recipe.stage_plan(stages)  # refuses rotation w/o validation
     name = config.run_name(dataset.info.name)
     run_dir = Path(config.out).resolve() / name
     run_file = run_dir / RUN_FILE
@@ -189,19 +188,9 @@ def _fit_rotation(
     The rows are the validation split plus the validation database sample of the fit rows: the
     SDSH search needs thousands of pseudo-queries, more than the held-out split alone holds.
     """
-    from hashing import rotations as quantize
-
     images, labels = _load_rows(dataset.split_files("train"), ids, dataset.num_classes)
-    batches = ((engine.images_to_tensor(images[i : i + 512], PIXEL_MEAN, PIXEL_STD), labels[i : i + 512])
-               for i in range(0, len(images), 512))  # fmt: skip
-    outputs, labels = engine.compute_outputs(model, batches, torch.device("cpu"))
-    # Many small matrix products: multi-threaded BLAS is tens of times slower here, not faster.
-    with threadpool_limits(1):
-        if kind == "itq":
-            rotation = quantize.itq_rotation(outputs, seed=seed)
-        else:
-            rotation = quantize.map_rotation_search(outputs, labels, seed=seed)
-    return torch.as_tensor(rotation, dtype=torch.float32)
+    outputs, labels = training.compute_outputs(model, _batches(images, labels), torch.device("cpu"))
+    return rotations.fit_rotation(kind, outputs, labels, seed)
 
 
 def _validation_split(
@@ -290,87 +279,93 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     device = ray.train.torch.get_device()
 
-    model = models.build(recipe.backbone, bits=recipe.bits, in_channels=cfg["in_channels"],
-                         pretrained_path=recipe.pretrained_path,
-                         shift_average=recipe.shift_average)  # fmt: skip
-    loss_fn = losses.build(
-        recipe.method, bits=recipe.bits, num_classes=cfg["num_classes"], **recipe.loss_params
+    model = models.build(
+        recipe.backbone,
+        bits=recipe.bits,
+        in_channels=cfg["in_channels"],
+        pretrained_path=recipe.pretrained_path,
+        shift_average=recipe.shift_average,
     )
-    pretrain_epochs, _ = recipe.stage_plan(loss_fn.stages)
-    total_epochs = pretrain_epochs + recipe.epochs
-    objective = engine.Objective(
-        model, loss_fn, num_classes=cfg["num_classes"] if pretrain_epochs else None
-    )
-    optimizer = engine.build_optimizer(
-        objective.parameters(), recipe.optimizer, recipe.lr, recipe.weight_decay
-    )
-    scheduler = engine.build_scheduler(optimizer, total_epochs, recipe.warmup_epochs)
-    state = {"epoch": -1, "best_epoch": -1, "best_val_map": -1.0, "best_model": None, "history": []}
+    setup = training.build_training(recipe, model, cfg["num_classes"])
+    state = training.FitState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(
-                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-            )
-        objective.load_state_dict(state.pop("objective"))
-        optimizer.load_state_dict(state.pop("optimizer"))
-        scheduler.load_state_dict(state.pop("scheduler"))
+            path = Path(directory) / CHECKPOINT_FILE
+            state = setup.restore(torch.load(path, map_location="cpu", weights_only=True))
     # The classifier (pre-training) and the loss (hashing) each sit idle in one phase.
-    ddp_kwargs = {"find_unused_parameters": True} if pretrain_epochs else None
-    objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs=ddp_kwargs)
-    augment = RandomAffine(
-        generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state["epoch"] + 1)
+    ddp_kwargs = {"find_unused_parameters": True} if setup.pretrain_epochs else None
+    setup.objective = ray.train.torch.prepare_model(
+        setup.objective, parallel_strategy_kwargs=ddp_kwargs
     )
+    augment = RandomAffine(
+        generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state.epoch + 1)
+    )
+    shard = ray.train.get_dataset_shard("train")
 
-    validation, logger = None, None
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # numpy batches, converted once here (train_one_epoch moves them to the device)
+        for batch in shard.iter_batches(
+            batch_size=recipe.batch_size,
+            batch_format="numpy",
+            prefetch_batches=2,
+            local_shuffle_buffer_size=4096,
+            local_shuffle_seed=recipe.seed + epoch,
+        ):
+            images = training.images_to_tensor(batch["image"], PIXEL_MEAN, PIXEL_STD)
+            yield images, torch.from_numpy(batch["labels"])
+
+    validate, callbacks = None, [_report_only]
     if rank == 0:
         if cfg["val_ids"]:  # none held out (val_fraction 0): the last epoch is the model
             validation = [
                 _load_rows(cfg["train_files"], cfg[key], cfg["num_classes"])
                 for key in ("val_ids", "val_db_ids")
             ]
+            validate = functools.partial(_validate, validation=validation, device=device)
         logger = tracking.RunLogger(cfg["tracking_uri"], cfg["mlflow_run_id"])
+        callbacks = [lambda epoch, metrics, _: logger.log_metrics(metrics, step=epoch + 1)]
+        if cfg["progress"]:
+            callbacks.append(functools.partial(_print_epoch, epochs=setup.epochs))
+        callbacks.append(functools.partial(_report_checkpoint, setup=setup))
+    training.fit(
+        setup,
+        batches,
+        device,
+        validate=validate,
+        augment=augment if recipe.augment else None,
+        state=state,
+        callbacks=callbacks,
+        stop_after_epochs=cfg["stop_after_epochs"],
+    )
 
-    shard = ray.train.get_dataset_shard("train")
-    stop_at = cfg["stop_after_epochs"]
-    for epoch in range(state["epoch"] + 1, total_epochs):
-        start = time.perf_counter()
-        getattr(objective, "module", objective).pretraining = epoch < pretrain_epochs
-        # numpy batches, converted once here (train_one_epoch moves them to the device)
-        batches = (
-            (engine.images_to_tensor(b["image"], PIXEL_MEAN, PIXEL_STD), torch.from_numpy(b["labels"]))
-            for b in shard.iter_batches(batch_size=recipe.batch_size, batch_format="numpy", prefetch_batches=2,
-                                        local_shuffle_buffer_size=4096, local_shuffle_seed=recipe.seed + epoch)
-        )  # fmt: skip
-        stats = engine.train_one_epoch(objective, batches, optimizer, device,
-                                       augment=augment if recipe.augment else None)  # fmt: skip
-        scheduler.step()
-        metrics = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
-        if rank != 0:
-            ray.train.report(metrics)
-        else:
-            inner = getattr(objective, "module", objective)
-            val_map = None if validation is None else _validate(inner.model, validation, device)
-            if val_map is not None:
-                metrics["val_map"] = val_map
-            metrics["epoch_seconds"] = time.perf_counter() - start
-            state["history"].append(metrics)
-            if val_map is None or val_map > state["best_val_map"]:
-                state.update(best_epoch=epoch, best_val_map=val_map,
-                             best_model={k: v.detach().cpu().clone() for k, v in inner.model.state_dict().items()})  # fmt: skip
-            state["epoch"] = epoch
-            logger.log_metrics(metrics, step=epoch + 1)
-            if cfg["progress"]:
-                val_text = "" if val_map is None else f"val mAP {val_map:.4f}  "
-                console.worker_line(f"epoch {epoch + 1}/{total_epochs}  loss {stats['loss']:.4f}  "
-                                    f"{val_text}{stats['images_per_s']:.0f} img/s")  # fmt: skip
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({**state, "objective": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict()}, Path(tmp) / CHECKPOINT_FILE)  # fmt: skip
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"epoch-{epoch + 1:03d}")  # fmt: skip
-        if stop_at is not None and epoch + 1 >= stop_at:
-            break
+
+def _report_only(epoch: int, metrics: dict[str, float], state: training.FitState) -> None:
+    """Ranks other than 0: report the epoch's metrics, as every rank does each epoch."""
+    ray.train.report(metrics)
+
+
+def _print_epoch(
+    epoch: int, metrics: dict[str, float], state: training.FitState, *, epochs: int
+) -> None:
+    console.worker_line(training.epoch_line(metrics, epochs))
+
+
+def _report_checkpoint(
+    epoch: int,
+    metrics: dict[str, float],
+    state: training.FitState,
+    *,
+    setup: training.TrainingSetup,
+) -> None:
+    """Rank 0: report the epoch's metrics with its checkpoint (``epoch-NNN``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(setup.checkpoint(state), Path(tmp) / CHECKPOINT_FILE)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"epoch-{epoch + 1:03d}",
+        )
 
 
 def _quiet_report_log() -> None:
@@ -390,15 +385,16 @@ def _validate(
 ) -> float:
     """Tie-aware mAP@all of validation queries against the validation database."""
     (q_images, q_labels), (db_images, db_labels) = validation
-
-    def batches(images: np.ndarray, labels: np.ndarray):
-        for start in range(0, len(images), 512):
-            yield (
-                engine.images_to_tensor(images[start : start + 512], PIXEL_MEAN, PIXEL_STD),
-                labels[start : start + 512],
-            )
-
-    result = engine.evaluate_retrieval(
-        model, batches(q_images, q_labels), batches(db_images, db_labels), device
+    result = training.evaluate_retrieval(
+        model, _batches(q_images, q_labels), _batches(db_images, db_labels), device
     )
     return float(result["map_tie_aware"])  # a plain float: checkpoints load with weights_only=True
+
+
+def _batches(images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Decoded rows as normalised (images, labels) batches of 512, for encoding outputs."""
+    for start in range(0, len(images), 512):
+        yield (
+            training.images_to_tensor(images[start : start + 512], PIXEL_MEAN, PIXEL_STD),
+            labels[start : start + 512],
+        )

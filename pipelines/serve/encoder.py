@@ -16,7 +16,7 @@ from PIL import Image
 from ray import serve
 
 from hashing.codes import pack_codes
-from hashing.engine import images_to_tensor
+from hashing.training import images_to_tensor
 from pipelines.images import BadImage, decode_image, normalize_image
 from pipelines.model_store import load_for_inference
 
