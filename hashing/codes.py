@@ -1,6 +1,6 @@
 """Binary codes: sign -> bits, packing, hex, Hamming distances.
 
-Bit order (the codes contract, see ARCHITECTURE.md): bit ``i`` of a ``bits``-long code is bit
+Bit order (the codes contract, see docs/architecture.md): bit ``i`` of a ``bits``-long code is bit
 ``i % 8`` (least significant first) of byte ``i // 8``. This is numpy's
 ``packbits(..., bitorder="little")`` and it makes a packed code a little-endian integer, so the
 uint64 word view of the bytes is the same code. ``sgn(0) = +1``: a zero output is a 1 bit.

@@ -1,6 +1,6 @@
 """Retrieval metrics on packed binary codes: mAP (tie-aware and id-order), P@radius, PR curve, P@N.
 
-Conventions (EVALUATION.md):
+Conventions (docs/evaluation.md):
 
 - Relevance: a query and a database item are relevant when they share at least one label. Labels
   are multi-hot (n x C, any dtype; nonzero = has the label) or 1-D integer class ids.

@@ -1,4 +1,4 @@
-"""Evaluation protocols: which rows are queries, train and database (EVALUATION.md).
+"""Evaluation protocols: which rows are queries, train and database (docs/evaluation.md).
 
 Splits are drawn per class with a seeded generator, so the same labels and seed always give the
 same split; callers write the resulting ids down next to the data. For multi-label data a row is

@@ -4,7 +4,7 @@ Reads two complete codes directories (checksums verified), computes every number
 ``hashing.metrics.retrieval_report``, and writes ``report.json``, ``pr_curve.png`` and
 ``precision_at_n.png``. When the codes name an MLflow run (or one is given) the metrics and files
 are attached to that run. Relevance, tie rule and cut-off are written into the report
-(EVALUATION.md: numbers are only comparable when all three match).
+(docs/evaluation.md: numbers are only comparable when all three match).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pipelines.sources_packed import cifar10_source, parquet_source, webdataset_
 
 __all__ = ["NUSWIDE_CONCEPTS", "ROW_SCHEMA", "SOURCES", "Source", "read_source"]
 
-# nuswide21: the 21 most frequent of NUS-WIDE's 81 concepts (EVALUATION.md).
+# nuswide21: the 21 most frequent of NUS-WIDE's 81 concepts (docs/evaluation.md).
 NUSWIDE_CONCEPTS = 21
 
 

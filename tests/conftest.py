@@ -34,7 +34,7 @@ def ray_cluster():
     """A real local Ray cluster (not local mode) shared by every Ray test of the session.
 
     Four logical CPUs on a 2-core box: train workers and Serve replicas take fractions, and Ray
-    Data still gets a budget (RAY_NOTES.md, "the hang that looks like nothing").
+    Data still gets a budget (docs/operations.md).
     """
     import ray
 

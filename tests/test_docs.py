@@ -191,9 +191,6 @@ def test_the_checks_see_the_docs() -> None:
     assert _links("[a](docs/x.md#y) `[b](c)` ![i](../p.png)") == ["docs/x.md#y", "../p.png"]
 
 
-@pytest.mark.xfail(
-    reason="code references are swept when the redesign branches merge", strict=False
-)
 def test_code_does_not_cite_documents_outside_the_repository() -> None:
     this_file = Path(__file__).resolve()
     offenders = []

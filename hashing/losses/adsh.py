@@ -1,7 +1,7 @@
 """ADSH: Angular Deep Supervised Hashing.
 
 Zhou, Po et al., "Angular Deep Supervised Hashing for Image Retrieval", IEEE Access 2019.
-Tags as in METHODS.md: [code] follows the CISiP FIRe reimplementation, [abstract] the paper's
+Tags as in docs/methods.md: [code] follows the CISiP FIRe reimplementation, [abstract] the paper's
 abstract, [choice] our own reading.
 
     loss = CE(margin logits of cos(h_i, w_c)) - alpha * mean(D) + beta * var(D)

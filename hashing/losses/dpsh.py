@@ -9,7 +9,7 @@ From the paper; [choice] marks our own reading.
 
 - The negative log-likelihood of s_ij under p(s_ij = 1) = sigmoid(theta_ij) (paper), with
   log(1 + e^x) as the numerically stable ``softplus``.
-- ``eta`` = 0.1: weight of the quantization term (METHODS.md); sgn is a constant (no gradient).
+- ``eta`` = 0.1: weight of the quantization term (docs/methods.md); sgn is a constant (no gradient).
 - Means over pairs and samples instead of the paper's sums [choice].
 """
 

@@ -1,7 +1,7 @@
 """ExpHash: the exponentiated hashing loss with a bilinear smooth approximation of the codes.
 
 Mu & Liu, "Deep Hashing: A Joint Approach for Image Signature Learning", AAAI 2017.
-Tags as in METHODS.md: [abstract] is what the paper's abstract states, [choice] our own reading
+Tags as in docs/methods.md: [abstract] is what the paper's abstract states, [choice] our own reading
 (the full text could not be read).
 
     u = tanh(beta h),   A_ij = u_i . u_j / K in [-1, 1],   t_ij = +1 if similar else -1,

@@ -1,7 +1,7 @@
 """SDSH: Deep Supervised Hashing with Spherical Embedding.
 
 Pidhorskyi, Jafari, Doretto et al., "Deep Supervised Hashing with Spherical Embedding", ACCV 2018.
-Tags as in METHODS.md: [code] follows the authors' TensorFlow code (podgorskiy/SDSH), [choice] is
+Tags as in docs/methods.md: [code] follows the authors' TensorFlow code (podgorskiy/SDSH), [choice] is
 our own reading.
 
 Embedding z = h / ||h|| and D_xy = ||z_x - z_y||^2 in [0, 4].

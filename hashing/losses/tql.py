@@ -1,7 +1,7 @@
 """TQL: Deep Hashing with Triplet Quantization Loss.
 
 Zhou, Huang, Zhang, Wang, "Deep Hashing with Triplet Quantization Loss", VCIP 2017.
-Tags as in METHODS.md: [abstract] is what the paper's abstract states, [choice] our own reading
+Tags as in docs/methods.md: [abstract] is what the paper's abstract states, [choice] our own reading
 (the full text could not be read).
 
 On tanh outputs u = tanh(h), codes b = sgn(u) and in-batch triplets (a, p, q), with d the squared

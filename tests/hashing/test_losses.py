@@ -13,7 +13,7 @@ from hashing.losses import as_multihot, similarity_matrix
 
 BITS, CLASSES = 12, 5
 MARGINS = ["cosface", "arcface", "sphereface"]
-DEFAULT_M = {"cosface": 0.2, "arcface": 0.2, "sphereface": 4}  # METHODS.md
+DEFAULT_M = {"cosface": 0.2, "arcface": 0.2, "sphereface": 4}  # docs/methods.md
 # sphereface with a fixed small lambda, so psi (not the near-plain cos blend) is what gets tested
 SPHERE_FIXED = {"lambda_base": 0.0, "lambda_min": 0.5}
 
