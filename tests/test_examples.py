@@ -18,6 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_config_recipe_with_overrides_trains_and_reports_it():
     done = _run("--config", "configs/mnist5k-adsh-48-tuned.yaml", "--epochs", "1", "--seed", "3",
@@ -40,6 +41,7 @@ def test_unknown_recipe_key_is_a_clear_error():
     assert "batch_sise" in done.stderr and "batch_size" in done.stderr  # names the valid keys
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_val_fraction_zero_trains_on_every_row_and_keeps_the_last_epoch():
     done = _run("--epochs", "1", "--set", "val_fraction=0", "--json")
