@@ -25,6 +25,7 @@ from functools import cached_property
 import numpy as np
 
 from hashing.codes import to_words
+from hashing.labels import multi_hot
 
 __all__ = [
     "DEFAULT_PRECISION_AT",
@@ -338,11 +339,7 @@ def _multi_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(n x C) float32 0/1 from multi-hot of any dtype or 1-D ids in [0, n_classes)."""
     if labels.ndim == 2:
         return (labels != 0).astype(np.float32)
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(
-            f"class ids must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]"
-        )
-    return np.eye(n_classes, dtype=np.float32)[labels]
+    return multi_hot(labels, np.arange(len(labels) + 1), n_classes, np.float32)
 
 
 def _relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:

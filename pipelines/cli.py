@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCE_NAMES)}")
     p.add_argument("--path", help="corpus location (local or s3://) for file-based sources")
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
-    p.add_argument("--protocol", help="evaluation protocol (docs/evaluation.md); default per source")
+    p.add_argument(
+        "--protocol", help="evaluation protocol (docs/evaluation.md); default per source"
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--image-size", type=int, help="resize to SIZE x SIZE pixels")
     p.add_argument("--mode", choices=["L", "RGB"], help="colour mode to store")

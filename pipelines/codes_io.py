@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hashing.codes import code_bytes
+from hashing.labels import multi_hot
 from pipelines import storage
 from pipelines.contracts import (
     CODE_COLUMN,
@@ -37,7 +38,6 @@ __all__ = [
     "Codes",
     "IncompleteCodesError",
     "codes_table",
-    "multi_hot",
     "read_codes",
     "read_manifest",
     "read_metadata",
@@ -81,28 +81,7 @@ class Codes:
             raise ValueError(f"these codes carry no labels (no {LABELS_COLUMN!r} column)")
         if num_classes is None and "num_classes" in self.metadata:
             num_classes = int(self.metadata["num_classes"])
-        return _multi_hot_flat(self.label_values, self.label_offsets, num_classes)
-
-
-def multi_hot(labels: Sequence[Sequence[int]], num_classes: int | None = None) -> np.ndarray:
-    """Label lists (one list of class ids per row) -> multi-hot uint8 (n x C)."""
-    lengths = np.fromiter((len(row) for row in labels), dtype=np.int64, count=len(labels))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = np.concatenate([np.asarray(row, dtype=np.int64) for row in labels] or [[]])
-    return _multi_hot_flat(values.astype(np.int64), offsets, num_classes)
-
-
-def _multi_hot_flat(values: np.ndarray, offsets: np.ndarray, num_classes: int | None) -> np.ndarray:
-    n = len(offsets) - 1
-    if num_classes is None:
-        num_classes = int(values.max()) + 1 if len(values) else 0
-    if len(values) and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got {values.min()}..{values.max()}"
-        )
-    out = np.zeros((n, num_classes), dtype=np.uint8)
-    out[np.repeat(np.arange(n), np.diff(offsets)), values] = 1
-    return out
+        return multi_hot(self.label_values, self.label_offsets, num_classes)
 
 
 def codes_table(

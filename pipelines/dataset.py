@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from hashing.labels import multi_hot_from_lists
 from pipelines import storage
 from pipelines.contracts import DATASET_FILE, DatasetInfo
 from pipelines.images import decode_image
@@ -81,10 +82,8 @@ class PreparedDataset:
         images = np.zeros((table.num_rows, *self.image_shape), dtype=np.uint8)
         for i, data in enumerate(table.column("image").to_pylist()):
             images[i] = decode_image(data)
-        labels = np.zeros((table.num_rows, self.num_classes), dtype=np.float32)
-        for i, row in enumerate(table.column("labels").to_pylist()):
-            labels[i, row] = 1.0
-        return ids, images, labels
+        lists = table.column("labels").to_pylist()
+        return ids, images, multi_hot_from_lists(lists, self.num_classes, np.float32)
 
     def _read_table(self, split: str, columns: list[str]) -> pa.Table:
         """All of ``split``'s parts as one Arrow table (pyarrow only, no Ray)."""

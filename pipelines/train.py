@@ -32,6 +32,7 @@ import torch
 
 from hashing import losses, models, rotations, splits, training
 from hashing.augment import RandomAffine
+from hashing.labels import multi_hot_from_lists
 from hashing.recipe import Recipe
 from pipelines import console, storage, tracking
 from pipelines.config import TrainConfig, default_tracking_uri
@@ -240,9 +241,7 @@ def _load_rows(files: list[str], ids: list[str], num_classes: int) -> tuple[np.n
 def _decode(batch: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
     """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32 multi-hot (n x C)}."""
     images = np.stack([decode_image(data) for data in batch["image"]])
-    labels = np.zeros((len(images), num_classes), dtype=np.float32)
-    for row, row_labels in enumerate(batch["labels"]):
-        labels[row, np.asarray(row_labels, dtype=np.int64)] = 1.0
+    labels = multi_hot_from_lists(batch["labels"], num_classes, np.float32)
     return {"image": images, "labels": labels}
 
 

@@ -13,7 +13,6 @@ import pytest
 from pipelines.codes_io import (
     IncompleteCodesError,
     codes_table,
-    multi_hot,
     read_codes,
     read_metadata,
     write_codes,
@@ -122,18 +121,6 @@ def test_write_refuses_bad_code_width_and_mixed_part_schemas(tmp_path):
     labelled = codes_table(["b"], np.zeros((1, 3), dtype=np.uint8), labels=[[1]])
     with pytest.raises(ValueError, match="same columns"):
         write_codes(str(tmp_path), [plain, labelled], bits=24, metadata={})
-
-
-def test_multi_hot_matches_a_loop():
-    _, _, labels, _ = _random_codes(40, seed=3)
-    expected = np.zeros((40, 7), dtype=np.uint8)
-    for row, classes in enumerate(labels):
-        for c in classes:
-            expected[row, c] = 1
-    np.testing.assert_array_equal(multi_hot(labels, 7), expected)
-    assert multi_hot(labels).shape[1] == max(c for row in labels for c in row) + 1
-    with pytest.raises(ValueError, match="labels must lie"):
-        multi_hot([[0], [9]], 5)
 
 
 def test_codes_multi_hot_uses_declared_num_classes(tmp_path):
