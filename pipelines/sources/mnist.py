@@ -100,7 +100,7 @@ class IdxFile:
 def _idx_source(name: str, path: str, classes: list[str], protocol: str) -> Source:
     """ROW_SCHEMA rows of the train and t10k idx files in ``path``, read by row range in tasks."""
     fs, _ = storage.filesystem(path)
-    files, splits, rows = {}, [], []
+    files, splits, numbers = {}, [], []
     for split, prefix in _IDX_SPLITS.items():
         images = read_idx_header(fs, _find_idx(fs, path, f"{prefix}-images", "idx3-ubyte"))
         labels = read_idx_header(fs, _find_idx(fs, path, f"{prefix}-labels", "idx1-ubyte"))
@@ -110,9 +110,9 @@ def _idx_source(name: str, path: str, classes: list[str], protocol: str) -> Sour
             )
         files[split] = (images, labels)
         splits.append(np.full(images.shape[0], split))
-        rows.append(np.arange(images.shape[0], dtype=np.int32))
+        numbers.append(np.arange(images.shape[0], dtype=np.int32))
     listing = pa.table(
-        {"official_split": pa.array(np.concatenate(splits)), "row": np.concatenate(rows)}
+        {"official_split": pa.array(np.concatenate(splits)), "row": np.concatenate(numbers)}
     )
     rows = listed_rows(
         "Idx", listing, _read_idx_rows, fs=fs, files=files, prefix=name, num_classes=len(classes)
