@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,9 +203,9 @@ def test_cli_reports_missing_fashion_mnist_in_one_line(ray_cluster, tmp_path, ca
 
 # --- the real files: Debian's dataset-fashion-mnist -------------------------------------------------
 
-# A generous bound on how far the driver's RSS may rise above where it was before prepare: the
-# driver holds a bookkeeping row per image, one block and one output part at a time, never the
-# corpus (its PNGs, written twice: spool and parts, are some 2 x 70k x 1 KB).
+# A generous bound on how far the driver's RSS (sampled: getrusage's maxrss would include the
+# forked pytest process's) may rise during prepare: the driver holds a bookkeeping row per image,
+# one block and one output part at a time, never the corpus.
 DRIVER_PEAK_GROWTH = 256 * 1024**2
 
 
@@ -263,21 +264,45 @@ def test_the_real_fashion_mnist_prepares_identically_in_bounded_memory(tmp_path)
     assert all((outs[0] / f).read_bytes() == (outs[1] / f).read_bytes() for f in files)
     assert pq.read_metadata(outs[0] / files[0]).num_rows > 0
     for run in runs:
-        assert run["driver_peak_rss"] - run["driver_rss_before"] < DRIVER_PEAK_GROWTH, runs
+        assert run["peak"]["VmRSS"] - run["before"]["VmRSS"] < DRIVER_PEAK_GROWTH, runs
 
 
 # ---------------------------------------------------------------------------------------------
-# The child process: a fresh interpreter, so the peak RSS is prepare's alone
+# The child process: a fresh interpreter, so other tests' allocations do not count
 
 
-def _rss() -> int:
+def _memory() -> dict[str, int]:
+    """This process's resident memory (bytes): all of it, anonymous, file-backed, shared memory."""
     with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS"))
+        fields = dict(line.split(":", 1) for line in handle)
+    return {
+        k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+    }
+
+
+def _measured(out: str) -> dict:
+    """prepare the real files into ``out``: seconds, and memory before and at the peak (sampled)."""
+    before, peak, stop = _memory(), {"VmRSS": 0}, threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            now = _memory()
+            if now["VmRSS"] > peak["VmRSS"]:
+                peak.update(now)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        prepare("fashion-mnist", out, progress=False)
+    finally:
+        stop.set()
+        sampler.join()
+    return {"seconds": round(time.perf_counter() - start, 1), "before": before, "peak": peak}
 
 
 def _child(outs: list[str]) -> None:
-    import resource
-
     import ray
     import ray.data
 
@@ -289,18 +314,7 @@ def _child(outs: list[str]) -> None:
         configure_logging=False,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
-    runs = []
-    for out in outs:
-        before = _rss()
-        start = time.perf_counter()
-        prepare("fashion-mnist", out, progress=False)
-        runs.append(
-            {
-                "seconds": round(time.perf_counter() - start, 1),
-                "driver_rss_before": before,
-                "driver_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            }
-        )
+    runs = [_measured(out) for out in outs]
     ray.shutdown()
     print(json.dumps(runs))
 
