@@ -2,7 +2,8 @@
 
 Splits are drawn per class with a seeded generator, so the same labels and seed always give the
 same split; callers write the resulting ids down next to the data. For multi-label data a row is
-assigned to the class of its first label when drawing per-class quotas.
+assigned to the class of its first label when drawing per-class quotas. An ``official`` protocol
+draws its queries from the corpus's published test rows and its train rows from its train rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Protocol:
     ``train_per_class=None`` means every non-query row is train; ``database`` is ``"train"`` (the
     database is the train split), ``"rest"`` (all non-query rows, train included) or
     ``"rest-excluding-train"``; ``query_fraction`` replaces ``queries_per_class`` when set.
+    ``official``: queries come from the rows the corpus publishes as test, train from its train
+    rows (``queries_per_class=None``: every test row is a query).
     """
 
     name: str
@@ -29,6 +32,7 @@ class Protocol:
     database: str
     metric_topk: int | None = None
     query_fraction: float | None = None
+    official: bool = False
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -41,22 +45,42 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol("cifar10-full", 1000, None, "train"),
         Protocol("nuswide21", 100, 500, "rest", metric_topk=5000),
         Protocol("random", None, None, "train", query_fraction=0.1),
+        Protocol("fashion-mnist", None, None, "train", official=True),
+        Protocol("fashion-mnist-1k", 100, None, "train", official=True),
     )
 }
 
 
 def split_indices(
-    labels: np.ndarray, protocol: str | Protocol, seed: int = 0
+    labels: np.ndarray,
+    protocol: str | Protocol,
+    seed: int = 0,
+    official_split: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Row indices per split for ``labels`` (n, class ids; or n x C multi-hot).
 
-    Returns ``{"query", "train", "database"}`` as sorted int64 arrays; ``database`` is None when
-    the protocol's database is the train split (stored once, not twice).
+    ``official_split`` (n, "train" / "test") is the corpus's published split, which ``official``
+    protocols draw from. Returns ``{"query", "train", "database"}`` as sorted int64 arrays;
+    ``database`` is None when the protocol's database is the train split (stored once, not twice).
     """
     if isinstance(protocol, str) and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     primary = _primary_class(labels)
+    if proto.official:
+        query_idx, train_idx = _draw_official(primary, proto, seed, official_split)
+    else:
+        query_idx, train_idx = _draw(primary, proto, seed)
+    if proto.database == "train":
+        database = None
+    else:
+        rest = np.setdiff1d(np.arange(len(primary)), query_idx)
+        database = rest if proto.database == "rest" else np.setdiff1d(rest, train_idx)
+    return {"query": query_idx, "train": train_idx, "database": database}
+
+
+def _draw(primary: np.ndarray, proto: Protocol, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query, train) sorted row indices: per class, queries first, then train from the rest."""
     rng = np.random.default_rng(seed)
     query, train = [], []
     for cls in np.unique(primary):
@@ -74,13 +98,35 @@ def split_indices(
             )
         query.append(rows[:n_query])
         train.append(rows[n_query : n_query + n_train])
-    query_idx, train_idx = np.sort(np.concatenate(query)), np.sort(np.concatenate(train))
-    if proto.database == "train":
-        database = None
-    else:
-        rest = np.setdiff1d(np.arange(len(primary)), query_idx)
-        database = rest if proto.database == "rest" else np.setdiff1d(rest, train_idx)
-    return {"query": query_idx, "train": train_idx, "database": database}
+    return np.sort(np.concatenate(query)), np.sort(np.concatenate(train))
+
+
+def _draw_official(
+    primary: np.ndarray, proto: Protocol, seed: int, official_split: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query, train) sorted row indices: per class, queries from the official test rows and
+    train from the official train rows (all of them where the quota is None)."""
+    if official_split is None or len(official_split) != len(primary):
+        raise ValueError(
+            f"protocol {proto.name!r} needs the corpus's official train/test split "
+            "(a source such as mnist, fashion-mnist or cifar10)"
+        )
+    official_split = np.asarray(official_split)
+    rng = np.random.default_rng(seed)
+    query, train = [], []
+    for cls in np.unique(primary):
+        for part, quota, out in (
+            ("test", proto.queries_per_class, query),
+            ("train", proto.train_per_class, train),
+        ):
+            rows = np.flatnonzero((primary == cls) & (official_split == part))
+            if quota is not None and quota > len(rows):
+                raise ValueError(
+                    f"protocol {proto.name!r} needs {quota} {part} rows of class {cls}, "
+                    f"the data has {len(rows)}"
+                )
+            out.append(rows if quota is None else rng.permutation(rows)[:quota])
+    return np.sort(np.concatenate(query)), np.sort(np.concatenate(train))
 
 
 def holdout(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,10 +23,10 @@ from typing import Any
 __all__ = ["main"]
 
 Command = Callable[[argparse.Namespace], dict[str, Any]]
-# The names of pipelines.sources.SOURCES, spelled out so that `--help` does not import Ray
+# The names of pipelines.sources.list_sources(), spelled out so that `--help` does not import Ray
 # (a test keeps the two in step).
-SOURCE_NAMES = ("mnist5k", "mnist", "cifar10", "nuswide", "folder", "manifest", "parquet",
-                "webdataset")  # fmt: skip
+SOURCE_NAMES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "nuswide", "folder", "manifest",
+                "parquet", "webdataset")  # fmt: skip
 
 
 def _examples(*lines: str) -> str:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import ray.data
 from tqdm.auto import tqdm
 
+from hashing.labels import multi_hot
 from hashing.splits import PROTOCOLS, split_indices
 from pipelines import storage
 from pipelines.contracts import DATASET_FILE, SPLITS, DatasetInfo
@@ -105,16 +106,16 @@ def prepare(
         summary = _spool_good_rows(checked, spool, progress)
         good = summary.filter(pc.greater_equal(summary.column("position"), 0)).sort_by("id")
         if good.num_rows == 0:
-            raise ValueError(f"{source} at {path}: no usable images")
+            raise ValueError(f"{source} at {corpus.path}: no usable images")
         if len(pc.unique(good.column("id"))) != good.num_rows:
-            raise ValueError(f"{source} at {path}: row ids are not unique")
+            raise ValueError(f"{source} at {corpus.path}: row ids are not unique")
         split_rows = _draw_split(good, protocol, seed, len(corpus.classes))
         rows_per_part = _rows_per_part(good)
         positions = good.column("position").to_numpy()
         _remove_previous(out)
         splits = _write_splits(spool, positions, split_rows, out, rows_per_part, progress)
     image = {"height": side, "width": side, "channels": 1 if mode == "L" else 3, "mode": mode}
-    meta = _dataset_json(corpus, out, path, protocol, seed, image, summary, good, splits)
+    meta = _dataset_json(corpus, out, protocol, seed, image, summary, good, splits)
     meta["source_options"] = dict(source_options or {})
     where = storage.join(out, DATASET_FILE)
     storage.write_json(where, DatasetInfo.from_dict(meta, where).to_dict())
@@ -124,7 +125,6 @@ def prepare(
 def _dataset_json(
     corpus: Source,
     out: str,
-    path: str | None,
     protocol: str,
     seed: int,
     image: dict,
@@ -134,6 +134,7 @@ def _dataset_json(
 ) -> dict:
     """dataset.json: what was read, kept, skipped and split, and the images' shape."""
     skipped = _skipped_rows(corpus.skipped, summary)
+    path = corpus.path
     return {
         "name": posixpath.basename(str(out).rstrip("/").replace(os.sep, "/")),
         "source": corpus.name,
@@ -235,7 +236,8 @@ def _draw_split(
             for split, name in OFFICIAL_SPLITS[protocol].items()
         }
         return {"train": rows["train"], "query": rows["query"], "database": None}
-    return split_indices(_label_array(good.column("labels"), num_classes), protocol, seed)
+    labels = _label_array(good.column("labels"), num_classes)
+    return split_indices(labels, protocol, seed, official_split=official if has_official else None)
 
 
 def _label_array(labels: pa.ChunkedArray, num_classes: int) -> np.ndarray:
@@ -245,9 +247,7 @@ def _label_array(labels: pa.ChunkedArray, num_classes: int) -> np.ndarray:
     values = lists.flatten().to_numpy().astype(np.int64)
     if (lengths == 1).all():
         return values
-    multi_hot = np.zeros((len(lengths), num_classes), dtype=np.uint8)
-    multi_hot[np.repeat(np.arange(len(lengths)), lengths), values] = 1
-    return multi_hot
+    return multi_hot(values, np.concatenate([[0], np.cumsum(lengths)]), num_classes)
 
 
 def _rows_per_part(good: pa.Table) -> int:

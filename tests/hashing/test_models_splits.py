@@ -136,6 +136,33 @@ def test_random_protocol_multilabel_and_holdout() -> None:
     assert len(held) == 10 and len(kept) == 90 and not set(kept) & set(held)
 
 
+def test_fashion_mnist_protocols_draw_from_the_official_split() -> None:
+    rng = np.random.default_rng(0)
+    official = np.array(["train"] * 600 + ["test"] * 1300)
+    labels = np.concatenate([np.arange(600) % 10, rng.permutation(np.arange(1300) % 10)])
+    test_rows, train_rows = np.flatnonzero(official == "test"), np.flatnonzero(official == "train")
+
+    full = splits.split_indices(labels, "fashion-mnist", official_split=official)
+    assert np.array_equal(full["query"], test_rows) and np.array_equal(full["train"], train_rows)
+    assert full["database"] is None  # the database is the train split
+
+    one_k = splits.split_indices(labels, "fashion-mnist-1k", seed=0, official_split=official)
+    assert len(one_k["query"]) == 1000 and set(one_k["query"]) <= set(test_rows)
+    assert np.all(np.bincount(labels[one_k["query"]]) == 100)
+    assert np.array_equal(one_k["train"], train_rows) and one_k["database"] is None
+    again = splits.split_indices(labels, "fashion-mnist-1k", seed=0, official_split=official)
+    assert np.array_equal(one_k["query"], again["query"])
+    other = splits.split_indices(labels, "fashion-mnist-1k", seed=1, official_split=official)
+    assert not np.array_equal(one_k["query"], other["query"])
+
+    with pytest.raises(ValueError, match="official train/test split"):
+        splits.split_indices(labels, "fashion-mnist")
+    with pytest.raises(ValueError, match="needs 100 test rows of class"):
+        few = official.copy()
+        few[600:1000] = "train"  # 90 test rows per class are left
+        splits.split_indices(labels, "fashion-mnist-1k", official_split=few)
+
+
 def test_random_affine_keeps_shape_and_is_identity_in_eval() -> None:
     augment = RandomAffine(generator=torch.Generator().manual_seed(0))
     x = torch.randn(4, 1, 28, 28)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -115,3 +116,12 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return buffer.getvalue()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The idx container written from its spec: 0, 0, dtype 0x08, ndim, big-endian dims, data."""
+    return (
+        struct.pack(">HBB", 0, 0x08, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )

@@ -53,13 +53,13 @@ def test_errors_exit_2_with_advice(
 
 
 def test_prepare_help_names_every_source(capsys: pytest.CaptureFixture) -> None:
-    from pipelines.sources import SOURCES
+    from pipelines.sources import list_sources
 
-    assert sorted(SOURCE_NAMES) == sorted(SOURCES)
+    assert sorted(SOURCE_NAMES) == list_sources()
     with pytest.raises(SystemExit):
         main(["prepare", "--help"])
     out = capsys.readouterr().out
-    assert all(name in out for name in SOURCES)
+    assert all(name in out for name in list_sources())
 
 
 def test_s3_endpoint_flag_reaches_boto3_and_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,13 @@ import hashlib
 import io
 import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from corpora import idx_bytes
 from PIL import Image
 
 from hashing.datasets import load_mnist5k
@@ -275,15 +275,6 @@ def test_manifest_with_a_class_list_skips_unknown_labels(ray_cluster, manifest_c
 
 
 # --- MNIST idx files, protocol mnist-full (the official split) -----------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The idx container written from its spec: 0, 0, dtype 0x08, ndim, big-endian dims, data."""
-    return (
-        struct.pack(">HBB", 0, 0x08, array.ndim)
-        + struct.pack(f">{array.ndim}I", *array.shape)
-        + array.tobytes()
-    )
 
 
 def test_mnist_idx_files_with_the_official_split(ray_cluster, tmp_path):

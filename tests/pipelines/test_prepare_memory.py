@@ -149,7 +149,7 @@ def _child(small: str, large: str, out: str) -> None:
     import ray.data
 
     from pipelines import prepare as prepare_module
-    from pipelines import source_rows
+    from pipelines.sources import rows as source_rows
 
     source_rows.MIN_ROWS_PER_BLOCK = source_rows.ROWS_PER_BLOCK = 200
     prepare_module.TARGET_PART_BYTES = 2 * 1024**2

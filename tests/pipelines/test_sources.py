@@ -28,7 +28,7 @@ from PIL import Image
 from hashing.splits import split_indices
 from pipelines.prepare import prepare
 from pipelines.sources import read_source
-from pipelines.sources_packed import load_cifar_batch
+from pipelines.sources.cifar10 import load_cifar_batch
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -115,7 +115,7 @@ def test_json_labels_and_damaged_shards(ray_cluster, tmp_path):
 
 
 def test_ray_data_reader_ends_the_job_on_a_truncated_shard(ray_cluster, tmp_path):
-    """Why the source reads shards itself (see webdataset_source)."""
+    """Why the source reads shards itself (see pipelines/sources/webdataset.py)."""
     import ray.data
 
     whole = write_tar(tmp_path / "whole.tar", [("k0.png", b"x" * 2000), ("k0.cls", b"1")])
