@@ -55,8 +55,14 @@ def _small_body(in_channels: int, last_block_convs: int) -> tuple[nn.Module, int
     layers += _conv(64, 128)
     for _ in range(last_block_convs - 1):
         layers += _conv(128, 128)
-    layers += [nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256),
-               nn.ReLU(True), nn.Dropout(0.3)]  # fmt: skip
+    layers += [
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(128 * 9, 256),
+        nn.ReLU(True),
+        nn.Dropout(0.3),
+    ]
     return nn.Sequential(*layers), 256
 
 
@@ -119,8 +125,12 @@ class HashModel(nn.Module):
         self.repeat_channels = native is not None and native != in_channels
         if self.repeat_channels and in_channels != 1:
             raise ValueError(f"{backbone} takes 1 or {native} input channels, got {in_channels}")
-        self.config = {"backbone": backbone, "bits": bits, "in_channels": in_channels,
-                       "shift_average": shift_average}  # fmt: skip
+        self.config = {
+            "backbone": backbone,
+            "bits": bits,
+            "in_channels": in_channels,
+            "shift_average": shift_average,
+        }
         self.backbone, dim = _BACKBONES[backbone](in_channels if native is None else native)
         self.hash_head = nn.Linear(dim, bits)
         self.register_buffer("rotation", None)
@@ -200,8 +210,12 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild a model saved by ``save_model`` (weights loaded with ``weights_only=True``)."""
     directory = Path(directory)
     config = read_model_config(directory)
-    model = HashModel(config["backbone"], config["bits"], config.get("in_channels", 3),
-                      config.get("shift_average", False))  # fmt: skip
+    model = HashModel(
+        config["backbone"],
+        config["bits"],
+        config.get("in_channels", 3),
+        config.get("shift_average", False),
+    )
     state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
     if config.get("has_rotation"):
         model.set_rotation(state["rotation"])

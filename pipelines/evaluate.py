@@ -62,9 +62,14 @@ def evaluate(
     meta = _shared_metadata(query, db)
     num_classes = _num_classes(query, db)
     result = metrics.retrieval_report(
-        query.codes, db.codes, query.multi_hot(num_classes), db.multi_hot(num_classes),
-        db_ids=db.ids, radius=radius, topk=topk,
-    )  # fmt: skip
+        query.codes,
+        db.codes,
+        query.multi_hot(num_classes),
+        db.multi_hot(num_classes),
+        db_ids=db.ids,
+        radius=radius,
+        topk=topk,
+    )
     run_id = mlflow_run_id or meta.get("mlflow_run_id")
     report = {
         "method": meta.get("method"),
@@ -166,11 +171,21 @@ def _render(report: dict[str, Any], directory: Path) -> list[Path]:
     """Write report.json, pr_curve.png and precision_at_n.png into ``directory``; their paths."""
     title = f"{report['method'] or 'codes'}, {report['bits']} bits, {report['n_queries']} queries"
     curve = report["pr_curve"]
-    pr = _plot(curve["recall"], curve["precision"], "recall", "precision",
-               f"{title}\nprecision-recall over Hamming radius 0..{report['bits']}")  # fmt: skip
+    pr = _plot(
+        curve["recall"],
+        curve["precision"],
+        "recall",
+        "precision",
+        f"{title}\nprecision-recall over Hamming radius 0..{report['bits']}",
+    )
     ns = [int(n) for n in report["precision_at_n"]]
-    p_at = _plot(ns, list(report["precision_at_n"].values()), "N (id-order ranking)", "precision@N",
-                 f"{title}\nprecision of the first N")  # fmt: skip
+    p_at = _plot(
+        ns,
+        list(report["precision_at_n"].values()),
+        "N (id-order ranking)",
+        "precision@N",
+        f"{title}\nprecision of the first N",
+    )
     outputs = {
         REPORT_FILE: (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
         "pr_curve.png": pr,

@@ -336,8 +336,10 @@ def _write_splits(
         starts = range(0, len(rows), rows_per_part)
         names = [f"part-{number:05d}.parquet" for number in range(len(starts))]
         splits[split] = {"rows": len(rows), "files": [f"{split}/{name}" for name in names]}
-        jobs += [(fs, posixpath.join(folder, name), positions[rows[first : first + rows_per_part]])
-                 for name, first in zip(names, starts)]  # fmt: skip
+        jobs += [
+            (fs, posixpath.join(folder, name), positions[rows[first : first + rows_per_part]])
+            for name, first in zip(names, starts)
+        ]
     total = sum(len(part) for _, _, part in jobs)
     with tqdm(total=total, desc="writing", unit="img", disable=not progress) as bar:
         for job in jobs:

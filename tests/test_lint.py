@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ruff(command: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ruff", *command, "--output-format", "concise", "."],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

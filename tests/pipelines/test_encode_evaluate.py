@@ -45,28 +45,43 @@ def prepared(tmp_path_factory):
 
     def write(split, name, rows):
         (root / split).mkdir(exist_ok=True)
-        table = pa.table({
-            "id": pa.array([ids[i] for i in rows], pa.string()),
-            "image": pa.array([png(images[i]) for i in rows], pa.binary()),
-            "labels": pa.array([[int(labels[i])] for i in rows], pa.list_(pa.int32())),
-            "source": pa.array([f"/corpus/{ids[i]}" for i in rows], pa.string()),
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "id": pa.array([ids[i] for i in rows], pa.string()),
+                "image": pa.array([png(images[i]) for i in rows], pa.binary()),
+                "labels": pa.array([[int(labels[i])] for i in rows], pa.list_(pa.int32())),
+                "source": pa.array([f"/corpus/{ids[i]}" for i in rows], pa.string()),
+            }
+        )
         pq.write_table(table, root / split / name)
         return f"{split}/{name}"
 
     meta = {
-        "name": "tiny", "source": "folder", "source_path": "/corpus", "protocol": "random",
-        "seed": 0, "classes": ["a", "b", "c"], "multi_label": False,
+        "name": "tiny",
+        "source": "folder",
+        "source_path": "/corpus",
+        "protocol": "random",
+        "seed": 0,
+        "classes": ["a", "b", "c"],
+        "multi_label": False,
         "image": {"height": SIDE, "width": SIDE, "channels": 1, "mode": "L", "format": "png"},
         "splits": {
             "query": {"rows": 15, "files": [write("query", "part-00000.parquet", range(15))]},
-            "train": {"rows": 45, "files": [write("train", "part-00000.parquet", range(15, 38)),
-                                            write("train", "part-00001.parquet", range(38, 60))]},
+            "train": {
+                "rows": 45,
+                "files": [
+                    write("train", "part-00000.parquet", range(15, 38)),
+                    write("train", "part-00001.parquet", range(38, 60)),
+                ],
+            },
             "database": {"same_as": "train"},
         },
-        "counts": {"input": 60, "kept": 60, "skipped": 0}, "skipped_reasons": {}, "skipped": [],
-        "created_at": EPOCH_ISO, "source_options": {},
-    }  # fmt: skip
+        "counts": {"input": 60, "kept": 60, "skipped": 0},
+        "skipped_reasons": {},
+        "skipped": [],
+        "created_at": EPOCH_ISO,
+        "source_options": {},
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     by_id = {ids[i]: (images[i], int(labels[i])) for i in range(60)}
     return {"dir": root, "by_id": by_id, "query": sorted(ids[:15]), "train": sorted(ids[15:])}
@@ -122,8 +137,14 @@ def encoded(ray_cluster, prepared, model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("codes")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        summary = encode(str(prepared["dir"]), str(model_dir), str(out), batch_size=16, progress=False,
-                         rows_per_file=20)  # fmt: skip
+        summary = encode(
+            str(prepared["dir"]),
+            str(model_dir),
+            str(out),
+            batch_size=16,
+            progress=False,
+            rows_per_file=20,
+        )
     return out, summary
 
 
@@ -132,8 +153,11 @@ def encoded(ray_cluster, prepared, model_dir, tmp_path_factory):
 def test_encode_writes_the_codes_of_every_id_once(encoded, prepared, model_dir, mlflow_store):
     out, summary = encoded
     assert summary["splits"]["query"]["rows"] == 15 and summary["splits"]["database"]["rows"] == 45
-    assert summary["splits"]["database"]["files"] == ["part-00000.parquet", "part-00001.parquet",
-                                                      "part-00002.parquet"]  # fmt: skip
+    assert summary["splits"]["database"]["files"] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert summary["images"] == 60 and summary["bits"] == BITS
     for split, expected_ids in (("query", prepared["query"]), ("database", prepared["train"])):
         codes = read_codes(str(out / split), verify=True)
@@ -146,10 +170,17 @@ def test_encode_writes_the_codes_of_every_id_once(encoded, prepared, model_dir, 
         ]
         assert codes.embeddings is None
         assert codes.metadata == {
-            "bits": str(BITS), "method": "adsh", "model_uri": str(model_dir), "model_version": "v1",
-            "mlflow_run_id": mlflow_store["run_id"], "created_at": EPOCH_ISO, "protocol": "random",
-            "dataset": "tiny", "num_classes": "3", "split": split,
-        }  # fmt: skip
+            "bits": str(BITS),
+            "method": "adsh",
+            "model_uri": str(model_dir),
+            "model_version": "v1",
+            "mlflow_run_id": mlflow_store["run_id"],
+            "created_at": EPOCH_ISO,
+            "protocol": "random",
+            "dataset": "tiny",
+            "num_classes": "3",
+            "split": split,
+        }
 
 
 @pytest.mark.ray
@@ -191,8 +222,14 @@ def test_evaluate_matches_hashing_metrics_and_logs_to_mlflow(
     def one_hot(ids):
         return np.eye(CLASSES, dtype=np.uint8)[[prepared["by_id"][i][1] for i in ids]]
 
-    expected = metrics.retrieval_report(q_codes, db_codes, one_hot(query_ids), one_hot(db_ids),
-                                        db_ids=np.array(db_ids, dtype=object), radius=2)  # fmt: skip
+    expected = metrics.retrieval_report(
+        q_codes,
+        db_codes,
+        one_hot(query_ids),
+        one_hot(db_ids),
+        db_ids=np.array(db_ids, dtype=object),
+        radius=2,
+    )
 
     report = evaluate(str(out), tracking_uri=mlflow_store["uri"])  # run id from the codes metadata
 
@@ -232,8 +269,14 @@ def test_evaluate_matches_hashing_metrics_and_logs_to_mlflow(
 def test_evaluate_explicit_dirs_with_a_cutoff(encoded, mlflow_store, tmp_path):
     out, _ = encoded
     q, db = read_codes(str(out / "query")), read_codes(str(out / "database"))
-    report = evaluate(queries=str(out / "query"), database=str(out / "database"), out=str(tmp_path),
-                      topk=10, radius=1, tracking_uri=mlflow_store["uri"])  # fmt: skip
+    report = evaluate(
+        queries=str(out / "query"),
+        database=str(out / "database"),
+        out=str(tmp_path),
+        topk=10,
+        radius=1,
+        tracking_uri=mlflow_store["uri"],
+    )
 
     expected = metrics.mean_average_precision(
         q.codes, db.codes, q.multi_hot(), db.multi_hot(), topk=10

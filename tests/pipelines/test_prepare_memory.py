@@ -153,8 +153,13 @@ def _child(small: str, large: str, out: str) -> None:
 
     source_rows.MIN_ROWS_PER_BLOCK = source_rows.ROWS_PER_BLOCK = 200
     prepare_module.TARGET_PART_BYTES = 2 * 1024**2
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+    ray.init(
+        num_cpus=4,
+        object_store_memory=300 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     def run(corpus: str) -> dict:
@@ -164,12 +169,19 @@ def _child(small: str, large: str, out: str) -> None:
     results = []
     for corpus in (small, large):
         meta, (driver, process, tree, processes) = _measured(lambda corpus=corpus: run(corpus))
-        results.append({"kept": meta["counts"]["kept"], "driver_peak_pss": driver,
-                        "process_peak_pss": process, "tree_peak_pss": tree,
-                        "processes": processes})  # fmt: skip
+        results.append(
+            {
+                "kept": meta["counts"]["kept"],
+                "driver_peak_pss": driver,
+                "process_peak_pss": process,
+                "tree_peak_pss": tree,
+                "processes": processes,
+            }
+        )
     # Read back only now: loading Parquet between the runs would raise the second one's baseline.
-    files = {Path(out) / name for split in meta["splits"].values()
-             for name in split.get("files", [])}  # fmt: skip
+    files = {
+        Path(out) / name for split in meta["splits"].values() for name in split.get("files", [])
+    }
     results[-1]["image_bytes"] = sum(
         sum(len(x) for x in pq.read_table(f, columns=["image"]).column(0).to_pylist())
         for f in files
