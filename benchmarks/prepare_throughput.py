@@ -539,13 +539,13 @@ def markdown(result: dict) -> str:
             f"`{result['command']}` on {result['machine']['cpus']} CPUs (Ray: {result['ray_cpus']} "
             f"logical CPUs, as `hashray prepare` starts it; its workers at nice "
             f"{result['ray_worker_nice']}, the loop at 0); {result['image']}. After one cold "
-            "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors start "
-            f"inside it), {result['repeat']} rounds of (PIL loop, warm prepare, parallel PIL loop) "
-            "run back to back; each ratio is the median over rounds, so all three meet the same "
-            "load from the machine's other tenants. Ray start-up is not in the ratio. The parallel "
-            "loop is the same loop split over one process per core without Ray: its ratio is the "
-            "most any parallel job gets from this machine, and prepare / parallel the share of it "
-            "that prepare keeps. CPU: user + system seconds "
+            "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors "
+            f"start inside it), {result['repeat']} rounds of (PIL loop, warm prepare, parallel "
+            "PIL loop) run back to back; each ratio is the median over rounds, so all three meet "
+            "the same load from the machine's other tenants. Ray start-up is not in the ratio. The "
+            "parallel loop is the same loop split over one process per core without Ray: its ratio "
+            "is the most any parallel job gets from this machine, and prepare / parallel the share "
+            "of it that prepare keeps. CPU: user + system seconds "
             "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
             "shared pages once; private: PSS without shared memory such as Ray's object store, "
             "which Ray caps; RSS in every process), sampled every 0.2 s only in the runs kept for "
@@ -571,15 +571,17 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {size['images']:,} | {loop_ips:.0f} | {run['cold']['images_per_s']:.0f} | "
             f"{size['ratio_cold']:.2f} | {warm_ips:.0f} | {size['ratio_warm']:.2f} ({pairs}) | "
-            f"{size['ratio_parallel_loop']:.2f} ({ceiling}) | {size['share_of_parallel_loop']:.2f} | "
+            f"{size['ratio_parallel_loop']:.2f} ({ceiling}) | "
+            f"{size['share_of_parallel_loop']:.2f} | "
             f"{cpu_loop:.0f} / {cpu_warm:.0f} | "
             f"{size['load_avg_1m_before']:.1f} -> {size['load_avg_1m_after']:.1f} |"
         )
     lines += [
         "",
         (
-            "| images | run | seconds (each run) | list / validate / write (s), median | peak tree PSS "
-            "| peak tree private | peak tree RSS | driver peak RSS | driver peak private |"
+            "| images | run | seconds (each run) | list / validate / write (s), median "
+            "| peak tree PSS | peak tree private | peak tree RSS | driver peak RSS "
+            "| driver peak private |"
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]

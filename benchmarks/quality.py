@@ -1,4 +1,5 @@
-r"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode -> evaluate.
+r"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode ->
+evaluate.
 
 Seed methods x bits and baselines x bits on ``mnist5k`` (or any protocol a local corpus supports),
 plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
@@ -7,10 +8,12 @@ plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
 unchanged, so an interrupted grid continues where it stopped (a cell cut off mid-training also
 resumes from its last epoch checkpoint under ``--workdir``), and a changed recipe retrains.
 
-    python benchmarks/quality.py                                  # the full mnist5k grid (hours on 2 CPUs)
-    python benchmarks/quality.py --methods adsh --bits 32,48 --baselines '' --floor ''   # a few cells
-    python benchmarks/quality.py --protocol cifar10-1k --source cifar10 --path /data/cifar-10-batches-py \
-        --backbone resnet18 --image-size 224 --device cuda
+    # the full mnist5k grid (hours on 2 CPUs)
+    python benchmarks/quality.py
+    # a few cells
+    python benchmarks/quality.py --methods adsh --bits 32,48 --baselines '' --floor ''
+    python benchmarks/quality.py --protocol cifar10-1k --source cifar10 \
+        --path /data/cifar-10-batches-py --backbone resnet18 --image-size 224 --device cuda
 """
 
 from __future__ import annotations
@@ -63,19 +66,23 @@ PAPER_NOTES = {
         "digits); mnist5k trains on 3,600, which caps query accuracy and so mAP."
     ),
     "tql": "paper: CIFAR-10 and In-shop only; no MNIST number.",
-    "dsh": "paper: CIFAR-10 .644-.799 (survey); MNIST numbers in the paper use 60k training digits.",
+    "dsh": (
+        "paper: CIFAR-10 .644-.799 (survey); MNIST numbers in the paper use 60k training digits."
+    ),
     "dpsh": (
         "paper: CIFAR-10 .713-.757 (survey). Weak at 12 bits here (0.864; plain loop 0.860 and "
         "0.798 at seeds 0 and 1): its pairwise likelihood leaves class codes colliding. In the "
         "plain loop at seed 0, digits 2 and 3 share one 12-bit code and 5 and 8 differ in one "
         "bit. The quantization weight decides it: eta 0.01 gives 0.924 (closest class codes 2 "
-        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). docs/methods.md's eta "
-        "0.1 is kept; at 48 bits the codes separate (0.979)."
+        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). docs/methods.md's "
+        "eta 0.1 is kept; at 48 bits the codes separate (0.979)."
     ),
     "hashnet": "paper: ImageNet/NUS-WIDE/COCO; survey CIFAR-10 .685-.705.",
     "csq": "paper: ImageNet/NUS-WIDE/COCO (ResNet-50, 2020); no MNIST number.",
     "lsh": "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST.",
-    "itq": "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST; survey CIFAR-10 .126-.129.",
+    "itq": (
+        "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST; survey CIFAR-10 .126-.129."
+    ),
 }
 MNIST_REFERENCE = (
     "deep supervised 0.97-0.99 (Mu & Liu: 0.99 at 12 bits); LSH/ITQ on pixels 0.2-0.45"
@@ -228,7 +235,8 @@ def machine_description(device: str, note: str = "") -> str:
     cpu = names[0] if names else platform.processor() or platform.machine()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB RAM, "
+        f"{platform.system()} {platform.machine()}, "
         f"torch {torch.__version__}, device {device}" + (f"; {note}" if note else "")
     )
 
@@ -257,9 +265,9 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
         f"# Retrieval quality, protocol `{protocol}`",
         "",
         (
-            "Tie-aware mAP@all, id-order mAP@all in parentheses (docs/evaluation.md), through the real "
-            "pipeline (prepare, Ray Train, encode, evaluate); model selection on a validation split "
-            "held out from train, never the queries."
+            "Tie-aware mAP@all, id-order mAP@all in parentheses (docs/evaluation.md), through the "
+            "real pipeline (prepare, Ray Train, encode, evaluate); model selection on a validation "
+            "split held out from train, never the queries."
         ),
         "",
         f"- machine: {results['machine']}",
@@ -293,8 +301,8 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
             "",
             (
                 "Cells trained from a config in `configs/` that departs from the default recipe "
-                "every cell above uses (the config says why); same data, split and pipeline. A config "
-                "with val_fraction=0 fits every training row and keeps its last epoch."
+                "every cell above uses (the config says why); same data, split and pipeline. A "
+                "config with val_fraction=0 fits every training row and keeps its last epoch."
             ),
             "",
             (

@@ -180,7 +180,8 @@ def build(
     pretrained_path: str | Path | None = None,
     shift_average: bool = False,
 ) -> HashModel:
-    """Build a ``HashModel`` with backbone ``name``; ``pretrained_path`` is a local backbone state dict."""
+    """Build a ``HashModel`` with backbone ``name``; ``pretrained_path`` is a local backbone state
+    dict."""
     model = HashModel(name, bits, in_channels, shift_average)
     if pretrained_path is not None:
         state = torch.load(Path(pretrained_path), map_location="cpu", weights_only=True)
@@ -196,7 +197,8 @@ def build(
 def save_model(
     model: HashModel, directory: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model.pt`` (state dict) and ``model.json`` (config + ``extra``) into ``directory``."""
+    """Write ``model.pt`` (state dict) and ``model.json`` (config + ``extra``) into
+    ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

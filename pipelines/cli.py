@@ -77,9 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         [
             "hashray prepare --source mnist5k --out data/mnist5k",
             "hashray prepare --source folder --path photos/ --out data/photos --image-size 64",
-            "hashray prepare --source cifar10 --path cifar-10-batches-py --protocol cifar10-1k --out data/c10",
-            "hashray prepare --source parquet --path s3://b/table/ --option image_column=jpeg --out s3://b/prep",
-            "hashray --s3-endpoint http://127.0.0.1:9000 prepare --source folder --path s3://b/photos --out out",
+            (
+                "hashray prepare --source cifar10 --path cifar-10-batches-py --protocol cifar10-1k "
+                "--out data/c10"
+            ),
+            (
+                "hashray prepare --source parquet --path s3://b/table/ --option image_column=jpeg "
+                "--out s3://b/prep"
+            ),
+            (
+                "hashray --s3-endpoint http://127.0.0.1:9000 prepare --source folder "
+                "--path s3://b/photos --out out"
+            ),
         ],
         _prepare,
     )
@@ -107,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
         [
             "hashray train --data data/mnist5k --method adsh --bits 32",
             "hashray train --data data/mnist5k --config configs/mnist5k-adsh-32.yaml --epochs 5",
-            "RAY_ADDRESS=auto hashray train --data s3://bucket/cifar --workers 4 --gpus-per-worker 1",
+            (
+                "RAY_ADDRESS=auto hashray train --data s3://bucket/cifar --workers 4 "
+                "--gpus-per-worker 1"
+            ),
         ],
         _train,
     )
@@ -174,7 +186,10 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
         [
             "hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
             "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
-            "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db --model models:/hashray-m/1",
+            (
+                "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db "
+                "--model models:/hashray-m/1"
+            ),
         ],
         _serve,
     )
@@ -254,7 +269,8 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     )
     _say(
         args,
-        f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}",
+        f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) "
+        f"-> {args.out}",
     )
     return meta
 

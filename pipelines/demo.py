@@ -49,7 +49,8 @@ def run_demo(
 
         config = _demo_config(data, root, method, bits, epochs, workers)
         say(
-            f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, {workers} Ray Train worker(s)"
+            f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, "
+            f"{workers} Ray Train worker(s)"
         )
         run = train(config, progress=not quiet)
 
@@ -123,7 +124,10 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
             f"  model    {run['model_dir']}",
             f"  codes    {report['codes']['query']}, {report['codes']['database']}",
             f"  report   {Path(report['codes']['query']).parent / 'report.json'}",
-            f"  MLflow   mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}   (run {run['mlflow_run_id']})",
+            (
+                f"  MLflow   mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}   "
+                f"(run {run['mlflow_run_id']})"
+            ),
         ]
     )
 

@@ -100,7 +100,8 @@ def encode(
     progress: bool = True,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
 ) -> dict[str, Any]:
-    """Encode ``splits`` (default query and database) of the prepared dataset ``data`` into ``out/<split>``.
+    """Encode ``splits`` (default query and database) of the prepared dataset ``data`` into
+    ``out/<split>``.
 
     ``model`` is a model directory, ``runs:/...`` or ``models:/...``. Returns a summary: rows,
     directory and files per split, bits, method, model version, seconds and images/s.

@@ -114,7 +114,8 @@ def evaluate(
 def _log_to_run(
     uri: str, run_id: str, report: dict[str, Any], files: list[Path], *, explicit: bool
 ) -> bool:
-    """Log into the run; a run id read from the codes may live in another store: warn, don't fail."""
+    """Log into the run; a run id read from the codes may live in another store: warn, don't
+    fail."""
     try:
         tracking.log_report(uri, run_id, mlflow_metrics(report), files)
     except MlflowException as err:
@@ -132,7 +133,8 @@ def _log_to_run(
 
 
 def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metric names: ``eval_`` prefix, ``_top<k>`` on cut-off mAPs."""
+    """The report's numbers as MLflow metric names: ``eval_`` prefix, ``_top<k>`` on cut-off
+    mAPs."""
     suffix = "" if report["topk"] is None else f"_top{report['topk']}"
     r = report["radius"]
     values = {
@@ -197,7 +199,8 @@ def _render(report: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def _plot(x: list, y: list, xlabel: str, ylabel: str, title: str) -> bytes:
-    """One line plot as PNG bytes; a bare ``Figure`` renders with Agg and leaves pyplot untouched."""
+    """One line plot as PNG bytes; a bare ``Figure`` renders with Agg and leaves pyplot
+    untouched."""
     fig = Figure(figsize=(5.5, 4.2))
     ax = fig.add_subplot()
     ax.plot(x, y, marker="o", markersize=3)

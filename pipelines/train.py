@@ -255,7 +255,8 @@ def _load_rows(files: list[str], ids: list[str], num_classes: int) -> tuple[np.n
 
 
 def _decode(batch: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
-    """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32 multi-hot (n x C)}."""
+    """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32
+    multi-hot (n x C)}."""
     images = np.stack([decode_image(data) for data in batch["image"]])
     labels = multi_hot_from_lists(batch["labels"], num_classes, np.float32)
     return {"image": images, "labels": labels}

@@ -209,7 +209,8 @@ def test_each_stage_reruns_idempotently_after_the_job_stops(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each stage ran in this process; the re-runs are new ``hashray`` processes, as after a stop."""
+    """Each stage ran in this process; the re-runs are new ``hashray`` processes, as after a
+    stop."""
     config, trained = undisturbed_run
     epoch = "1700000000"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)  # fixed created_at: encode output is byte-stable

@@ -73,7 +73,8 @@ class Stopwatch:
 
 
 def main(corpus: str, out: str, result_path: str, http_port: int) -> None:
-    """Prepare, train, encode and serve on the cluster in ``RAY_ADDRESS``; write the placements as JSON."""
+    """Prepare, train, encode and serve on the cluster in ``RAY_ADDRESS``; write the placements as
+    JSON."""
     watch = Stopwatch()
     with watch("connect"):
         started_here = connect()

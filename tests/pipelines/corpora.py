@@ -80,7 +80,8 @@ def write_cifar(folder: Path, sizes: dict[str, int], seed: int) -> dict[str, tup
 
 
 def write_nuswide(root: Path, seed: int) -> dict:
-    """A NUS-WIDE layout with 25 concepts whose frequencies all differ (concept j: 50 - 2j images)."""
+    """A NUS-WIDE layout with 25 concepts whose frequencies all differ (concept j: 50 - 2j
+    images)."""
     rng = np.random.default_rng(seed)
     concepts = [f"concept{k:02d}" for k in rng.permutation(25)]  # frequency order != name order
     n = 60

@@ -1,4 +1,5 @@
-"""Codes directories: round trip, manifest, refusal of half-written output, checksum verification."""
+"""Codes directories: round trip, manifest, refusal of half-written output, checksum
+verification."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""encode (real local Ray) -> codes equal to a direct computation; evaluate -> report, plots, MLflow.
+"""encode (real local Ray) -> codes equal to a direct computation; evaluate -> report, plots,
+MLflow.
 
 The prepared dataset is built here with pyarrow + PIL following the contract (not with prepare),
 and the reference codes come from the model run in the test and packed bit by bit by hand.
@@ -31,7 +32,8 @@ EPOCH, EPOCH_ISO = "1700000000", "2023-11-14T22:13:20+00:00"
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """60 random grey 28x28 PNGs in 3 classes: 15 queries, 45 train in two files, database = train."""
+    """60 random grey 28x28 PNGs in 3 classes: 15 queries, 45 train in two files,
+    database = train."""
     root = tmp_path_factory.mktemp("prepared")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(60, SIDE, SIDE), dtype=np.uint8)
@@ -118,7 +120,8 @@ def model_dir(tmp_path_factory, mlflow_store):
 
 
 def reference(model_dir, images):
-    """Outputs (n x bits) of the saved model on uint8 images (n x H x W), and their codes packed by hand."""
+    """Outputs (n x bits) of the saved model on uint8 images (n x H x W), and their codes packed by
+    hand."""
     model, _ = load_for_inference(str(model_dir))
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     outputs = model.embed((x - 0.5) / 0.5).numpy()
@@ -205,7 +208,8 @@ def test_encode_reruns_identically_and_redoes_an_interrupted_split(
         progress=False,
         rows_per_file=20,
     )
-    # The re-run (other batch size) redoes the broken split and rewrites both with the same names and bytes.
+    # The re-run (other batch size) redoes the broken split and rewrites both with the same names
+    # and bytes.
     assert {split: _files(out / split) for split in ("query", "database")} == before
 
 

@@ -44,7 +44,8 @@ def png_bomb() -> bytes:
 
 
 def hostile_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """Class folders a/ and b/ full of trouble: {file: reason} for the bad, {file: RGB} for the good.
+    """Class folders a/ and b/ full of trouble: {file: reason} for the bad, {file: RGB} for the
+    good.
 
     Good images are SIDE x SIDE (or 1 x 1), so the expected pixels need no resampling.
     """

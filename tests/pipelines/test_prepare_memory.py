@@ -15,9 +15,10 @@ per image; measured here +17 MB for 10 N vs N (about 2.4 KB per listed file, tra
 the listing). Tolerances: 40 MB for the driver and for the largest other process. The sum over the
 tree is reported but not bounded: with N images fewer tasks overlap than with 10 N, so the peak
 of the sum grows with how many workers are busy at once, not with the corpus (measured: +83 to
-+97 MB over the same 14 processes, while no process but the driver grew by more than 2 MB). Block and part sizes are pinned in the child, so both
-runs use the same ones (by default they grow with the corpus up to a fixed cap, which is bounded
-too, but would give the small run smaller blocks than the large one).
++97 MB over the same 14 processes, while no process but the driver grew by more than 2 MB).
+Block and part sizes are pinned in the child, so both runs use the same ones (by default they grow
+with the corpus up to a fixed cap, which is bounded too, but would give the small run smaller
+blocks than the large one).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _private_pss(pid: int) -> int:
 
 
 def _measured(work: Callable[[], dict]) -> tuple[dict, list[int]]:
-    """work() and peaks during it: private PSS of [driver, largest other process, tree], processes."""
+    """work() and peaks during it: private PSS of [driver, largest other process, tree],
+    processes."""
     peaks, stop = [0, 0, 0, 0], threading.Event()
 
     def sample() -> None:

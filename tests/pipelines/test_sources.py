@@ -163,7 +163,7 @@ def test_cifar10_damaged_batches_are_skipped_not_fatal(ray_cluster, tmp_path):
     assert meta["skipped"][2]["source"] == f"{folder / 'data_batch_5'}#0"
 
 
-# --- NUS-WIDE: image list + one label file per concept ----------------------------------------------
+# --- NUS-WIDE: image list + one label file per concept --------------------------------------------
 
 
 @pytest.mark.ray
