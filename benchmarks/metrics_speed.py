@@ -29,9 +29,8 @@ def main(n_queries: int = 10_000, n_db: int = 70_000) -> None:
         for name, run in timings.items():
             start = time.perf_counter()
             run()
-            print(
-                f"{n_queries} x {n_db} {bits:>2} bits  {name:<20} {time.perf_counter() - start:6.2f} s"
-            )
+            seconds = time.perf_counter() - start
+            print(f"{n_queries} x {n_db} {bits:>2} bits  {name:<20} {seconds:6.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """MNIST-1M: deterministic augmentations of the mnist5k train split, written as a prepared dataset.
 
-Run: ``python benchmarks/mnist1m.py --data /tmp/hashray-bench/mnist5k --out /tmp/hashray-bench/mnist1m``
+Run:
+``python benchmarks/mnist1m.py --data /tmp/hashray-bench/mnist5k --out /tmp/hashray-bench/mnist1m``
 (after ``hashray prepare --source mnist5k --out /tmp/hashray-bench/mnist5k``), then
 ``hashray encode --data /tmp/hashray-bench/mnist1m --model <trained model> --out <codes dir>``.
 

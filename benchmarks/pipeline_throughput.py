@@ -69,8 +69,12 @@ def on_ray(recipe: Recipe, workdir: Path) -> dict[str, float]:
     cluster.connect()
     data = str(workdir / "mnist5k")
     prepare("mnist5k", data, progress=False)
-    config = TrainConfig(data=data, recipe=recipe, out=str(workdir / "runs"),
-                         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")  # fmt: skip
+    config = TrainConfig(
+        data=data,
+        recipe=recipe,
+        out=str(workdir / "runs"),
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+    )
     run = train(config, progress=False)
     encoded = encode(data, run["model_dir"], str(workdir / "codes"), progress=False)
     return {
@@ -108,8 +112,10 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for key, label in (("train_images_per_s", "train"), ("encode_images_per_s", "encode")):
-        lines.append(f"| {label} | {bare_rates[key]:.0f} | {ray_rates[key]:.0f} | "
-                     f"{result['ratio_ray_over_bare'][key]:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {bare_rates[key]:.0f} | {ray_rates[key]:.0f} | "
+            f"{result['ratio_ray_over_bare'][key]:.2f} |"
+        )
     table = "\n".join(lines)
     (RESULTS / "pipeline_throughput.md").write_text(
         f"# Pipeline throughput\n\n`{result['command']}` on {os.cpu_count()} CPUs\n\n{table}\n"

@@ -150,9 +150,14 @@ class TreeMonitor:
         """One reading: summed RSS, PSS and private PSS over the tree, the driver's RSS and
         private PSS, the process count."""
         readings = [_rollup(pid) for pid in self.pids()]
-        return {"tree_rss": sum(r[0] for r in readings), "tree_pss": sum(r[1] for r in readings),
-                "tree_private": sum(r[2] for r in readings), "driver_rss": readings[0][0],
-                "driver_private": readings[0][2], "processes": len(readings)}  # fmt: skip
+        return {
+            "tree_rss": sum(r[0] for r in readings),
+            "tree_pss": sum(r[1] for r in readings),
+            "tree_private": sum(r[2] for r in readings),
+            "driver_rss": readings[0][0],
+            "driver_private": readings[0][2],
+            "processes": len(readings),
+        }
 
     def take_peak(self) -> dict[str, int]:
         """The peaks since the last call (or the start), as peak_<name>; starts a new period."""
@@ -211,8 +216,13 @@ def run_loop(corpus: Path, out: Path, share: int = 0, shares: int = 1) -> dict:
 
     def flush() -> None:
         nonlocal parts
-        table = pa.table({"id": rows["id"], "image": pa.array(rows["image"], pa.binary()),
-                          "labels": pa.array(rows["labels"], pa.list_(pa.int32()))})  # fmt: skip
+        table = pa.table(
+            {
+                "id": rows["id"],
+                "image": pa.array(rows["image"], pa.binary()),
+                "labels": pa.array(rows["labels"], pa.list_(pa.int32())),
+            }
+        )
         pq.write_table(table, out / f"part-{share}-{parts:05d}.parquet")
         parts += 1
         for column in rows.values():
@@ -261,8 +271,14 @@ def _timed_run(monitor: TreeMonitor, work: Callable[[], int], sampled: bool = Fa
     with monitor.sampling() if sampled else nullcontext():
         images = work()
     seconds, cpu = time.perf_counter() - start, monitor.cpu_seconds() - cpu
-    run = {"images": images, "seconds": seconds, "images_per_s": images / seconds, "cpu_s": cpu,
-           "cpu_us_per_image": 1e6 * cpu / images, "sampled": sampled}  # fmt: skip
+    run = {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "cpu_s": cpu,
+        "cpu_us_per_image": 1e6 * cpu / images,
+        "sampled": sampled,
+    }
     return {**run, **monitor.take_peak()} if sampled else run
 
 
@@ -305,9 +321,7 @@ def run_parallel_loop(corpus: Path, out: Path, monitor: TreeMonitor) -> dict:
         return _timed_run(monitor, lambda: sum(pool.starmap(_loop_share, shares)))
 
 
-def run_rounds(
-    corpus: Path, out: Path, ray_cpus: int, repeat: int, monitor: TreeMonitor
-) -> dict:  # fmt: skip
+def run_rounds(corpus: Path, out: Path, ray_cpus: int, repeat: int, monitor: TreeMonitor) -> dict:
     """hashray prepare on one fresh local Ray cluster: once cold (Ray's workers and Ray Data's
     helper actors start during the run), then ``repeat`` rounds of (PIL loop, warm prepare,
     parallel PIL loop) back to back, so all three meet the same load from the machine's other
@@ -318,8 +332,9 @@ def run_rounds(
     from pipelines import prepare as prepare_module
 
     start = time.perf_counter()
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # fmt: skip
+    ray.init(
+        num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     startup = time.perf_counter() - start
     time.sleep(1.0)
     idle = monitor.sample()
@@ -329,12 +344,23 @@ def run_rounds(
         phases: dict[str, float] = {}
         # listing = read_source; validate = read + decode + normalise in Ray tasks, spooled by
         # the driver; write = the sorted Parquet parts; the rest: split draw and dataset.json.
-        with (_timed(prepare_module, "read_source", phases),
-              _timed(prepare_module, "_spool_good_rows", phases),
-              _timed(prepare_module, "_write_splits", phases)):  # fmt: skip
-            run = _timed_run(monitor, lambda: prepare_module.prepare(
-                "folder", str(out), path=str(corpus), image_size=SIDE, mode="RGB", progress=False,
-            )["counts"]["kept"], sampled)  # fmt: skip
+        with (
+            _timed(prepare_module, "read_source", phases),
+            _timed(prepare_module, "_spool_good_rows", phases),
+            _timed(prepare_module, "_write_splits", phases),
+        ):
+            run = _timed_run(
+                monitor,
+                lambda: prepare_module.prepare(
+                    "folder",
+                    str(out),
+                    path=str(corpus),
+                    image_size=SIDE,
+                    mode="RGB",
+                    progress=False,
+                )["counts"]["kept"],
+                sampled,
+            )
         names = {"listing": "read_source", "validate": "_spool_good_rows", "write": "_write_splits"}
         return {**run, "phases_s": {name: phases[key] for name, key in names.items()}}
 
@@ -349,9 +375,16 @@ def run_rounds(
         parallel.append(_run_child("parallel", corpus, loop_out))
     memory = one(sampled=True)
     ray.shutdown()
-    return {"cold": cold, "loops": loops, "warm": warm, "parallel_loops": parallel,
-            "memory": memory, "ray_startup_s": startup, "ray_idle_tree_pss": idle["tree_pss"],
-            "ray_idle_processes": idle["processes"]}  # fmt: skip
+    return {
+        "cold": cold,
+        "loops": loops,
+        "warm": warm,
+        "parallel_loops": parallel,
+        "memory": memory,
+        "ray_startup_s": startup,
+        "ray_idle_tree_pss": idle["tree_pss"],
+        "ray_idle_processes": idle["processes"],
+    }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -380,11 +413,24 @@ def measure(kind: str, corpus: Path, out: Path, args: argparse.Namespace) -> dic
 
 
 def _run_child(
-    kind: str, corpus: Path, out: Path, options: tuple[str, ...] = (), environment: dict | None = None
-) -> dict:  # fmt: skip
+    kind: str,
+    corpus: Path,
+    out: Path,
+    options: tuple[str, ...] = (),
+    environment: dict | None = None,
+) -> dict:
     """``--child kind`` of this script in a fresh Python process; the JSON it prints."""
-    command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus),
-               "--out", str(out), *options]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        *options,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -404,8 +450,12 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/hashray-bench-prepare", help="corpus cache")
     # What pipelines.cluster.connect gives the local cluster of `hashray prepare`: on 2 cores,
     # 4 logical CPUs, so a task waiting to be scheduled never leaves a core idle.
-    parser.add_argument("--ray-cpus", type=int, default=max(4, os.cpu_count() or 1),
-                        help="Ray logical CPUs (default: as hashray's local cluster)")  # fmt: skip
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=max(4, os.cpu_count() or 1),
+        help="Ray logical CPUs (default: as hashray's local cluster)",
+    )
     # Ray starts its workers at nice 15 (the driver and raylet stay responsive). On a machine
     # shared with busy processes at nice 0 that leaves the workers a sliver of CPU while the loop,
     # at nice 0 too, gets its fair share: the ratio would measure priority, not throughput. 0
@@ -438,23 +488,33 @@ def main() -> None:
             parallel["images_per_s"] / loop_run["images_per_s"]
             for loop_run, parallel in zip(ray_run["loops"], ray_run["parallel_loops"])
         ]
-        sizes.append({
-            "images": n, "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
-            "loop_alone": loop, "prepare": ray_run, "ratio_warm_pairs": pairs,
-            "ratio_warm": _median(pairs), "ratio_parallel_loop_pairs": ceiling,
-            "ratio_parallel_loop": _median(ceiling),
-            "share_of_parallel_loop": _median([p / c for p, c in zip(pairs, ceiling)]),
-            "ratio_cold": ray_run["cold"]["images_per_s"]
-            / _median([loop_run["images_per_s"] for loop_run in ray_run["loops"]]),
-        })  # fmt: skip
+        sizes.append(
+            {
+                "images": n,
+                "load_avg_1m_before": load_before,
+                "load_avg_1m_after": os.getloadavg()[0],
+                "loop_alone": loop,
+                "prepare": ray_run,
+                "ratio_warm_pairs": pairs,
+                "ratio_warm": _median(pairs),
+                "ratio_parallel_loop_pairs": ceiling,
+                "ratio_parallel_loop": _median(ceiling),
+                "share_of_parallel_loop": _median([p / c for p, c in zip(pairs, ceiling)]),
+                "ratio_cold": ray_run["cold"]["images_per_s"]
+                / _median([loop_run["images_per_s"] for loop_run in ray_run["loops"]]),
+            }
+        )
         print(json.dumps(sizes[-1], indent=1), flush=True)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "ray_cpus": args.ray_cpus, "ray_worker_nice": args.worker_nice, "repeat": args.repeat,
-        "image": f"{SIDE}x{SIDE} RGB JPEG -> PNG", "sizes": sizes,
+        "ray_cpus": args.ray_cpus,
+        "ray_worker_nice": args.worker_nice,
+        "repeat": args.repeat,
+        "image": f"{SIDE}x{SIDE} RGB JPEG -> PNG",
+        "sizes": sizes,
         "command": f"python benchmarks/prepare_throughput.py --sizes "
         f"{' '.join(map(str, args.sizes))} --repeat {args.repeat} --worker-nice {args.worker_nice}",
-    }  # fmt: skip
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "prepare_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "prepare_throughput.md").write_text(markdown(result))
@@ -475,27 +535,31 @@ def markdown(result: dict) -> str:
     lines = [
         "# prepare throughput",
         "",
-        (f"`{result['command']}` on {result['machine']['cpus']} CPUs (Ray: {result['ray_cpus']} "
-         f"logical CPUs, as `hashray prepare` starts it; its workers at nice "
-         f"{result['ray_worker_nice']}, the loop at 0); {result['image']}. After one cold "
-         "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors start "
-         f"inside it), {result['repeat']} rounds of (PIL loop, warm prepare, parallel PIL loop) "
-         "run back to back; each ratio is the median over rounds, so all three meet the same "
-         "load from the machine's other tenants. Ray start-up is not in the ratio. The parallel "
-         "loop is the same loop split over one process per core without Ray: its ratio is the "
-         "most any parallel job gets from this machine, and prepare / parallel the share of it "
-         "that prepare keeps. CPU: user + system seconds "
-         "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
-         "shared pages once; private: PSS without shared memory such as Ray's object store, "
-         "which Ray caps; RSS in every process), sampled every 0.2 s only in the runs kept for "
-         "it (the loop alone, in a process of its own, and one more warm prepare): the "
-         "sampler's own CPU would slow the timed runs."),
+        (
+            f"`{result['command']}` on {result['machine']['cpus']} CPUs (Ray: {result['ray_cpus']} "
+            f"logical CPUs, as `hashray prepare` starts it; its workers at nice "
+            f"{result['ray_worker_nice']}, the loop at 0); {result['image']}. After one cold "
+            "prepare (the first on a fresh cluster: Ray's workers and Ray Data's helper actors "
+            f"start inside it), {result['repeat']} rounds of (PIL loop, warm prepare, parallel "
+            "PIL loop) run back to back; each ratio is the median over rounds, so all three meet "
+            "the same load from the machine's other tenants. Ray start-up is not in the ratio. The "
+            "parallel loop is the same loop split over one process per core without Ray: its ratio "
+            "is the most any parallel job gets from this machine, and prepare / parallel the share "
+            "of it that prepare keeps. CPU: user + system seconds "
+            "of the whole process tree per image. Memory: peak over the process tree (PSS counts "
+            "shared pages once; private: PSS without shared memory such as Ray's object store, "
+            "which Ray caps; RSS in every process), sampled every 0.2 s only in the runs kept for "
+            "it (the loop alone, in a process of its own, and one more warm prepare): the "
+            "sampler's own CPU would slow the timed runs."
+        ),
         "",
-        ("| images | loop img/s | prepare cold img/s | ratio cold | prepare warm img/s "
-         "| ratio warm (rounds) | parallel loop ratio (rounds) | prepare / parallel loop "
-         "| CPU us/img loop / prepare | load 1m (before -> after) |"),
+        (
+            "| images | loop img/s | prepare cold img/s | ratio cold | prepare warm img/s "
+            "| ratio warm (rounds) | parallel loop ratio (rounds) | prepare / parallel loop "
+            "| CPU us/img loop / prepare | load 1m (before -> after) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for size in result["sizes"]:
         run = size["prepare"]
         loop_ips = _median([r["images_per_s"] for r in run["loops"]])
@@ -507,16 +571,20 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {size['images']:,} | {loop_ips:.0f} | {run['cold']['images_per_s']:.0f} | "
             f"{size['ratio_cold']:.2f} | {warm_ips:.0f} | {size['ratio_warm']:.2f} ({pairs}) | "
-            f"{size['ratio_parallel_loop']:.2f} ({ceiling}) | {size['share_of_parallel_loop']:.2f} | "
+            f"{size['ratio_parallel_loop']:.2f} ({ceiling}) | "
+            f"{size['share_of_parallel_loop']:.2f} | "
             f"{cpu_loop:.0f} / {cpu_warm:.0f} | "
             f"{size['load_avg_1m_before']:.1f} -> {size['load_avg_1m_after']:.1f} |"
         )
     lines += [
         "",
-        ("| images | run | seconds (each run) | list / validate / write (s), median | peak tree PSS "
-         "| peak tree private | peak tree RSS | driver peak RSS | driver peak private |"),
+        (
+            "| images | run | seconds (each run) | list / validate / write (s), median "
+            "| peak tree PSS | peak tree private | peak tree RSS | driver peak RSS "
+            "| driver peak private |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for size in result["sizes"]:
         n, alone = f"{size['images']:,}", size["loop_alone"]
         lines.append(
@@ -532,20 +600,28 @@ def markdown(result: dict) -> str:
             "| - | | | | | |"
         )
         run = size["prepare"]
-        for name, runs in (("cold", [run["cold"]]), ("warm", run["warm"]),
-                           ("warm, sampled for memory", [run["memory"]])):  # fmt: skip
+        for name, runs in (
+            ("cold", [run["cold"]]),
+            ("warm", run["warm"]),
+            ("warm, sampled for memory", [run["memory"]]),
+        ):
             phases = {k: _median([r["phases_s"][k] for r in runs]) for k in runs[0]["phases_s"]}
-            memory = [f"{max(r[f'peak_{key}'] for r in runs) / mib:.0f} MiB" if runs[0]["sampled"]
-                      else "" for key in _MEMORY]  # fmt: skip
+            memory = [
+                f"{max(r[f'peak_{key}'] for r in runs) / mib:.0f} MiB" if runs[0]["sampled"] else ""
+                for key in _MEMORY
+            ]
             lines.append(
                 f"| {n} | prepare {name} | {_seconds(runs)} | "
                 f"{phases['listing']:.1f} / {phases['validate']:.1f} / {phases['write']:.1f} | "
                 + " | ".join(memory)
                 + " |"
             )
-    idle = [f"{size['images']:,}: {size['prepare']['ray_idle_tree_pss'] / mib:.0f} MiB in "
-            f"{size['prepare']['ray_idle_processes']} processes, started in "
-            f"{size['prepare']['ray_startup_s']:.1f} s" for size in result["sizes"]]  # fmt: skip
+    idle = [
+        f"{size['images']:,}: {size['prepare']['ray_idle_tree_pss'] / mib:.0f} MiB in "
+        f"{size['prepare']['ray_idle_processes']} processes, started in "
+        f"{size['prepare']['ray_startup_s']:.1f} s"
+        for size in result["sizes"]
+    ]
     lines += ["", "Idle Ray cluster before the runs (tree PSS): " + "; ".join(idle) + "."]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
-r"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode -> evaluate.
+r"""Retrieval quality of every method through the real pipeline: prepare -> train -> encode ->
+evaluate.
 
 Seed methods x bits and baselines x bits on ``mnist5k`` (or any protocol a local corpus supports),
 plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
@@ -7,10 +8,12 @@ plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
 unchanged, so an interrupted grid continues where it stopped (a cell cut off mid-training also
 resumes from its last epoch checkpoint under ``--workdir``), and a changed recipe retrains.
 
-    python benchmarks/quality.py                                  # the full mnist5k grid (hours on 2 CPUs)
-    python benchmarks/quality.py --methods adsh --bits 32,48 --baselines '' --floor ''   # a few cells
-    python benchmarks/quality.py --protocol cifar10-1k --source cifar10 --path /data/cifar-10-batches-py \
-        --backbone resnet18 --image-size 224 --device cuda
+    # the full mnist5k grid (hours on 2 CPUs)
+    python benchmarks/quality.py
+    # a few cells
+    python benchmarks/quality.py --methods adsh --bits 32,48 --baselines '' --floor ''
+    python benchmarks/quality.py --protocol cifar10-1k --source cifar10 \
+        --path /data/cifar-10-batches-py --backbone resnet18 --image-size 224 --device cuda
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ BASELINES, BASELINE_BITS = ("dsh", "dpsh", "hashnet", "csq"), (12, 48)
 FLOOR = ("lsh", "itq")
 REFERENCE_BITS = (12, 24, 32, 48)
 # docs/evaluation.md reference numbers: CIFAR-10, protocol cifar10-1k, mAP@all (Luo et al. survey).
-CIFAR_REFERENCE = {"adsh": (0.754, 0.780, 0.786, 0.795), "dsh": (0.644, 0.742, 0.770, 0.799),
-                   "dpsh": (0.713, 0.727, 0.744, 0.757), "hashnet": (0.685, 0.707, 0.705, 0.705),
-                   "itq": (0.127, 0.128, 0.126, 0.129)}  # fmt: skip
+CIFAR_REFERENCE = {
+    "adsh": (0.754, 0.780, 0.786, 0.795),
+    "dsh": (0.644, 0.742, 0.770, 0.799),
+    "dpsh": (0.713, 0.727, 0.744, 0.757),
+    "hashnet": (0.685, 0.707, 0.705, 0.705),
+    "itq": (0.127, 0.128, 0.126, 0.129),
+}
 # What each paper reports on MNIST, and why a number here may differ from it.
 PAPER_NOTES = {
     "adsh": (
@@ -59,19 +66,23 @@ PAPER_NOTES = {
         "digits); mnist5k trains on 3,600, which caps query accuracy and so mAP."
     ),
     "tql": "paper: CIFAR-10 and In-shop only; no MNIST number.",
-    "dsh": "paper: CIFAR-10 .644-.799 (survey); MNIST numbers in the paper use 60k training digits.",
+    "dsh": (
+        "paper: CIFAR-10 .644-.799 (survey); MNIST numbers in the paper use 60k training digits."
+    ),
     "dpsh": (
         "paper: CIFAR-10 .713-.757 (survey). Weak at 12 bits here (0.864; plain loop 0.860 and "
         "0.798 at seeds 0 and 1): its pairwise likelihood leaves class codes colliding. In the "
         "plain loop at seed 0, digits 2 and 3 share one 12-bit code and 5 and 8 differ in one "
         "bit. The quantization weight decides it: eta 0.01 gives 0.924 (closest class codes 2 "
-        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). docs/methods.md's eta "
-        "0.1 is kept; at 48 bits the codes separate (0.979)."
+        "bits apart), 0 gives 0.669, 1.0 puts every class on one code (0.10). docs/methods.md's "
+        "eta 0.1 is kept; at 48 bits the codes separate (0.979)."
     ),
     "hashnet": "paper: ImageNet/NUS-WIDE/COCO; survey CIFAR-10 .685-.705.",
     "csq": "paper: ImageNet/NUS-WIDE/COCO (ResNet-50, 2020); no MNIST number.",
     "lsh": "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST.",
-    "itq": "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST; survey CIFAR-10 .126-.129.",
+    "itq": (
+        "unsupervised floor on raw pixels: expected 0.2-0.45 on MNIST; survey CIFAR-10 .126-.129."
+    ),
 }
 MNIST_REFERENCE = (
     "deep supervised 0.97-0.99 (Mu & Liu: 0.99 at 12 bits); LSH/ITQ on pixels 0.2-0.45"
@@ -93,9 +104,7 @@ def tuned_recipe(path: str) -> dict[str, Any]:
     return Recipe.from_yaml(path).to_dict()
 
 
-def tuned_cells(
-    paths: list[str], seeds: list[int]
-) -> dict[str, tuple[str, dict[str, Any], str]]:  # fmt: skip
+def tuned_cells(paths: list[str], seeds: list[int]) -> dict[str, tuple[str, dict[str, Any], str]]:
     """Tuned cells: key -> (config path, recipe, run name). Each config's own recipe is keyed by
     its file name; every other seed in ``seeds`` adds "<file name> seed <n>"."""
     cells = {}
@@ -104,8 +113,11 @@ def tuned_cells(
         cells[name] = (path, recipe, Path(path).stem)
         for seed in seeds:
             if seed != recipe["seed"]:
-                cells[f"{name} seed {seed}"] = (path, {**recipe, "seed": seed},
-                                                f"{Path(path).stem}-seed{seed}")  # fmt: skip
+                cells[f"{name} seed {seed}"] = (
+                    path,
+                    {**recipe, "seed": seed},
+                    f"{Path(path).stem}-seed{seed}",
+                )
     return cells
 
 
@@ -136,8 +148,10 @@ def _seed_spread(tuned: dict[str, dict[str, Any]]) -> list[str]:
             continue
         values = [cell["map_tie_aware"] for cell in cells]
         seeds = ", ".join(str(s) for s in sorted(cell["recipe"]["seed"] for cell in cells))
-        lines.append(f"- `{name}` over seeds {seeds}: tie-aware mean **{statistics.fmean(values):.4f}**, "
-                     f"lowest {min(values):.4f}, highest {max(values):.4f}")  # fmt: skip
+        lines.append(
+            f"- `{name}` over seeds {seeds}: tie-aware mean **{statistics.fmean(values):.4f}**, "
+            f"lowest {min(values):.4f}, highest {max(values):.4f}"
+        )
     return lines
 
 
@@ -151,18 +165,28 @@ def run_cell(
     from pipelines.evaluate import evaluate
     from pipelines.train import train
 
-    config = TrainConfig(data=data, recipe=Recipe.from_dict(recipe), out=str(workdir / "runs"),
-                         gpus_per_worker=1.0 if args.device == "cuda" else 0.0,
-                         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")  # fmt: skip
+    config = TrainConfig(
+        data=data,
+        recipe=Recipe.from_dict(recipe),
+        out=str(workdir / "runs"),
+        gpus_per_worker=1.0 if args.device == "cuda" else 0.0,
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+    )
     start = time.perf_counter()
     run = train(config, progress=False)
     train_seconds = time.perf_counter() - start
     codes = str(workdir / "codes" / name)
     encode(data, run["model_dir"], codes, progress=False, use_gpu=args.device == "cuda")
     report = evaluate(codes, mlflow_run_id=run["mlflow_run_id"], tracking_uri=run["tracking_uri"])
-    return {"map_tie_aware": report["map_tie_aware"], "map_id_order": report["map_id_order"],
-            "precision_radius_2": report["precision_radius_2"], "train_seconds": round(train_seconds, 1),
-            "best_epoch": run["best_epoch"], "best_val_map": run["best_val_map"], "recipe": recipe}  # fmt: skip
+    return {
+        "map_tie_aware": report["map_tie_aware"],
+        "map_id_order": report["map_id_order"],
+        "precision_radius_2": report["precision_radius_2"],
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": run["best_epoch"],
+        "best_val_map": run["best_val_map"],
+        "recipe": recipe,
+    }
 
 
 def run_floor(data: str, method: str, bits: int) -> dict[str, Any]:
@@ -199,12 +223,22 @@ def machine_description(device: str, note: str = "") -> str:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []  # fmt: skip
+    names = (
+        [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        if cpuinfo.exists()
+        else []
+    )
     cpu = names[0] if names else platform.processor() or platform.machine()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
-            f"torch {torch.__version__}, device {device}" + (f"; {note}" if note else ""))  # fmt: skip
+    return (
+        f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB RAM, "
+        f"{platform.system()} {platform.machine()}, "
+        f"torch {torch.__version__}, device {device}" + (f"; {note}" if note else "")
+    )
 
 
 def _row_order(method: str) -> tuple[int, str]:
@@ -227,14 +261,23 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
     cells, protocol = results["cells"], results["protocol"]
     methods = sorted({c.split("@")[0] for c in [*cells, *pending] if "@" in c}, key=_row_order)
     cifar = "CIFAR-10 cifar10-1k, 12/24/32/48"
-    lines = [f"# Retrieval quality, protocol `{protocol}`", "",
-             ("Tie-aware mAP@all, id-order mAP@all in parentheses (docs/evaluation.md), through the real "
-              "pipeline (prepare, Ray Train, encode, evaluate); model selection on a validation split "
-              "held out from train, never the queries."), "",
-             f"- machine: {results['machine']}",
-             f"- command: `{results['command']}`", ""]  # fmt: skip
-    lines += ["| method | " + " | ".join(f"{b} bits" for b in REFERENCE_BITS) + f" | paper ({cifar}) |",
-              "|---|" + "---|" * (len(REFERENCE_BITS) + 1)]  # fmt: skip
+    lines = [
+        f"# Retrieval quality, protocol `{protocol}`",
+        "",
+        (
+            "Tie-aware mAP@all, id-order mAP@all in parentheses (docs/evaluation.md), through the "
+            "real pipeline (prepare, Ray Train, encode, evaluate); model selection on a validation "
+            "split held out from train, never the queries."
+        ),
+        "",
+        f"- machine: {results['machine']}",
+        f"- command: `{results['command']}`",
+        "",
+    ]
+    lines += [
+        "| method | " + " | ".join(f"{b} bits" for b in REFERENCE_BITS) + f" | paper ({cifar}) |",
+        "|---|" + "---|" * (len(REFERENCE_BITS) + 1),
+    ]
     for method in methods:
         values = [_pivot_value(cells, f"{method}@{bits}", pending) for bits in REFERENCE_BITS]
         reference = (
@@ -243,16 +286,31 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
             else "-"
         )
         lines.append(f"| {method} | " + " | ".join(values) + f" | {reference} |")
-    lines += ["", (f"MNIST reference (docs/evaluation.md): {MNIST_REFERENCE}. The CIFAR-10 column is a "
-                   "different dataset and protocol, shown for orientation only.")]  # fmt: skip
+    lines += [
+        "",
+        (
+            f"MNIST reference (docs/evaluation.md): {MNIST_REFERENCE}. The CIFAR-10 column is a "
+            "different dataset and protocol, shown for orientation only."
+        ),
+    ]
     tuned = results.get("tuned", {})
     if tuned:
-        lines += ["", "## Tuned recipes", "",
-                  ("Cells trained from a config in `configs/` that departs from the default recipe "
-                   "every cell above uses (the config says why); same data, split and pipeline. A config "
-                   "with val_fraction=0 fits every training row and keeps its last epoch."),
-                  "", ("| config | cell | differs from the default recipe | tie-aware | id-order "
-                       "| P@r2 | best epoch / epochs | train s |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Tuned recipes",
+            "",
+            (
+                "Cells trained from a config in `configs/` that departs from the default recipe "
+                "every cell above uses (the config says why); same data, split and pipeline. A "
+                "config with val_fraction=0 fits every training row and keeps its last epoch."
+            ),
+            "",
+            (
+                "| config | cell | differs from the default recipe | tie-aware | id-order "
+                "| P@r2 | best epoch / epochs | train s |"
+            ),
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for config, cell in sorted(tuned.items()):
             recipe = cell["recipe"]
             stale = " †" if config in pending else ""
@@ -263,33 +321,53 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
                 f"{cell['best_epoch']} / {recipe['epochs']} | {cell['train_seconds']} |"
             )
         lines += [""] + _seed_spread(tuned)
-        lines += [""] + [f"- `{config}`: `{cell['command']}` on {cell['machine']}"
-                         for config, cell in sorted(tuned.items())]  # fmt: skip
-    lines += ["",
-              "## Every cell", "",
-              ("train s: wall time of the invocation that finished the cell (training, rotation "
-               "stage, registration; a cell resumed from its checkpoint counts only the resumed "
-               "part)."), "",
-              "| cell | tie-aware | id-order | P@r2 | best epoch / epochs | val mAP | train s |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [""] + [
+            f"- `{config}`: `{cell['command']}` on {cell['machine']}"
+            for config, cell in sorted(tuned.items())
+        ]
+    lines += [
+        "",
+        "## Every cell",
+        "",
+        (
+            "train s: wall time of the invocation that finished the cell (training, rotation "
+            "stage, registration; a cell resumed from its checkpoint counts only the resumed "
+            "part)."
+        ),
+        "",
+        "| cell | tie-aware | id-order | P@r2 | best epoch / epochs | val mAP | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key in sorted(cells, key=lambda k: (_row_order(k.split("@")[0]), int(k.split("@")[1]))):
         cell = cells[key]
         epochs = cell.get("recipe", {}).get("epochs", cell.get("epochs"))
         selected = f"{cell.get('best_epoch', '?')} / {epochs}" if epochs else "-"
         val = f"{cell['best_val_map']:.4f}" if cell.get("best_val_map") is not None else "-"
-        lines.append(f"| {key} | {cell['map_tie_aware']:.4f} | {cell['map_id_order']:.4f} | "
-                     f"{cell['precision_radius_2']:.4f} | {selected} | {val} | {cell['train_seconds']} |")  # fmt: skip
+        lines.append(
+            f"| {key} | {cell['map_tie_aware']:.4f} | {cell['map_id_order']:.4f} | "
+            f"{cell['precision_radius_2']:.4f} | {selected} | {val} | {cell['train_seconds']} |"
+        )
     lines += ["", "## Against the papers", ""]
     lines += [
         f"- **{method}**: {PAPER_NOTES[method]}" for method in methods if method in PAPER_NOTES
     ]
     if pending:
         stale = [key for key in pending if key in cells]
-        lines += ["", (f"Pending cells: {', '.join(pending)}. The same command finishes them; "
-                       "finished cells are kept.")]  # fmt: skip
+        lines += [
+            "",
+            (
+                f"Pending cells: {', '.join(pending)}. The same command finishes them; "
+                "finished cells are kept."
+            ),
+        ]
         if stale:
-            lines += ["", (f"† {', '.join(stale)}: trained with an earlier recipe (its epochs are in "
-                           "the cell table); kept until the pending rerun replaces them.")]  # fmt: skip
+            lines += [
+                "",
+                (
+                    f"† {', '.join(stale)}: trained with an earlier recipe (its epochs are in "
+                    "the cell table); kept until the pending rerun replaces them."
+                ),
+            ]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     _plot(cells, methods, protocol)
 
@@ -310,10 +388,18 @@ def _plot(cells: dict[str, Any], methods: list[str], protocol: str) -> None:
         )
         for ax in (full, zoom) if method not in FLOOR else (full,):
             if points:
-                ax.plot(*zip(*points), marker="o", label=method,
-                        linestyle="--" if method in FLOOR else "-")  # fmt: skip
-    full.set(xlabel="bits", ylabel="tie-aware mAP@all", title=f"{protocol}: mAP vs code length",
-             xticks=REFERENCE_BITS)  # fmt: skip
+                ax.plot(
+                    *zip(*points),
+                    marker="o",
+                    label=method,
+                    linestyle="--" if method in FLOOR else "-",
+                )
+    full.set(
+        xlabel="bits",
+        ylabel="tie-aware mAP@all",
+        title=f"{protocol}: mAP vs code length",
+        xticks=REFERENCE_BITS,
+    )
     zoom.set(xlabel="bits", title="deep methods (zoomed)", xticks=REFERENCE_BITS)
     full.legend(fontsize=8, ncol=2)
     if zoom.lines:
@@ -336,12 +422,18 @@ def main() -> None:
     parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--baseline-bits", default=",".join(map(str, BASELINE_BITS)))
     parser.add_argument("--floor", default=",".join(FLOOR), help="unsupervised floor methods")
-    parser.add_argument("--tuned", default=None,
-                        help="comma-separated train configs trained as extra, tuned cells "
-                        "(default: configs/<source>-*-tuned.yaml; '' for none)")  # fmt: skip
-    parser.add_argument("--tuned-seeds", default="",
-                        help="more seeds for every tuned config, e.g. 1,2: one more cell each "
-                        "(the config's own seed is always trained)")  # fmt: skip
+    parser.add_argument(
+        "--tuned",
+        default=None,
+        help="comma-separated train configs trained as extra, tuned cells "
+        "(default: configs/<source>-*-tuned.yaml; '' for none)",
+    )
+    parser.add_argument(
+        "--tuned-seeds",
+        default="",
+        help="more seeds for every tuned config, e.g. 1,2: one more cell each "
+        "(the config's own seed is always trained)",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     parser.add_argument("--backbone", default="smallcnn")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -373,8 +465,14 @@ def main() -> None:
 
         cluster.connect()
         if not (Path(data) / "dataset.json").exists():
-            prepare(args.source, data, path=args.path, protocol=args.protocol,
-                    image_size=args.image_size, progress=False)  # fmt: skip
+            prepare(
+                args.source,
+                data,
+                path=args.path,
+                protocol=args.protocol,
+                image_size=args.image_size,
+                progress=False,
+            )
     protocol = (
         previous.get("protocol")
         if args.report_only
@@ -386,9 +484,13 @@ def main() -> None:
         machine = machine_description(args.device, args.machine_note)
         command = shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]])
     same_protocol = previous.get("protocol") == protocol
-    results = {"cells": previous.get("cells", {}) if same_protocol else {},
-               "tuned": previous.get("tuned", {}) if same_protocol else {},
-               "protocol": protocol, "machine": machine, "command": command}  # fmt: skip
+    results = {
+        "cells": previous.get("cells", {}) if same_protocol else {},
+        "tuned": previous.get("tuned", {}) if same_protocol else {},
+        "protocol": protocol,
+        "machine": machine,
+        "command": command,
+    }
     if args.tuned is None:
         configs = Path(__file__).resolve().parents[1] / "configs"
         args.tuned = ",".join(
@@ -408,10 +510,17 @@ def main() -> None:
     }
     # A cell is current when its stored recipe is the one this command would train with; other
     # stored cells stay in the table (flagged) until their rerun replaces them.
-    current = {key for key, recipe in wanted.items() if key in results["cells"]
-               and (recipe is None or _same_recipe(results["cells"][key].get("recipe"), recipe))}  # fmt: skip
-    current |= {name for name, (_, recipe, _) in tuned.items()
-                if _same_recipe(results["tuned"].get(name, {}).get("recipe"), recipe)}  # fmt: skip
+    current = {
+        key
+        for key, recipe in wanted.items()
+        if key in results["cells"]
+        and (recipe is None or _same_recipe(results["cells"][key].get("recipe"), recipe))
+    }
+    current |= {
+        name
+        for name, (_, recipe, _) in tuned.items()
+        if _same_recipe(results["tuned"].get(name, {}).get("recipe"), recipe)
+    }
     pending = [key for key in [*wanted, *tuned] if key not in current]
     if previous and not any(key in pending for key in wanted):
         # Only tuned cells to train: the grid's command and machine stay those that made it.

@@ -454,7 +454,8 @@ def write_markdown(report: dict, path: Path) -> None:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['workload']} | {r['bits']} | {r['operation']} | {r['method']} | {r['qps']:,.0f} |"
+            f"| {r['workload']} | {r['bits']} | {r['operation']} | {r['method']} | "
+            f"{r['qps']:,.0f} |"
             for r in all_cores
         ]
         lines.append("")
@@ -463,7 +464,10 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += [
             "## Paired: faiss flat and hashray-auto timed alternately (one core, CPU time)",
             "",
-            "| workload | bits | operation | faiss-flat | hashray-auto | auto / faiss flat | plan |",
+            (
+                "| workload | bits | operation | faiss-flat | hashray-auto | auto / faiss flat "
+                "| plan |"
+            ),
             "|---|---|---|---|---|---|---|",
         ]
         lines += [

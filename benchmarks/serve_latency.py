@@ -36,8 +36,11 @@ SHARDS = (1, 2)
 def percentiles(seconds: list[float]) -> dict[str, float]:
     """p50 / p99 / mean of latencies, in milliseconds."""
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean())}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
 def in_process(codes: np.ndarray, ids: list[str], queries: np.ndarray) -> tuple[dict, HammingIndex]:
@@ -120,8 +123,10 @@ def serve_cells(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})  # fmt: skip
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        logging_config={"enable_access_log": False},
+    )
     hex_queries = [q.tobytes().hex() for q in queries]
     cells = []
     try:
@@ -177,8 +182,20 @@ def markdown(report: dict) -> str:
     )
     title = f"# Search service: top-{K} over {report['codes']:,} random {BITS}-bit codes"
     header = "| where | shards | clients | requests | p50 ms | p99 ms | requests/s |"
-    return "\n".join([title, "", setting, "", header, "|---|---:|---:|---:|---:|---:|---:|",
-                      *rows, "", batched, ""])  # fmt: skip
+    return "\n".join(
+        [
+            title,
+            "",
+            setting,
+            "",
+            header,
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            batched,
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -200,18 +217,25 @@ def main() -> None:
     in_proc, index = in_process(codes, ids, queries)
     print(f"  p50 {in_proc['p50_ms']:.2f} ms, p99 {in_proc['p99_ms']:.2f} ms", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        parts = [codes_table(ids[i : i + 250_000], codes[i : i + 250_000])
-                 for i in range(0, args.codes, 250_000)]  # fmt: skip
+        parts = [
+            codes_table(ids[i : i + 250_000], codes[i : i + 250_000])
+            for i in range(0, args.codes, 250_000)
+        ]
         write_codes(f"{tmp}/codes", parts, bits=BITS, metadata={"model_version": "bench"})
         del parts
         cells = serve_cells(f"{tmp}/codes", queries, index, args)
     report = {
-        "codes": args.codes, "bits": BITS, "k": K, "queries": args.queries,
+        "codes": args.codes,
+        "bits": BITS,
+        "k": K,
+        "queries": args.queries,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
-        "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
-        "in_process": in_proc, "serve": cells,
-    }  # fmt: skip
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
+        "in_process": in_proc,
+        "serve": cells,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "serve_latency.md").write_text(markdown(report))

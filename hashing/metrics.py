@@ -87,7 +87,8 @@ def precision_within_radius(
     radius: int = 2,
     chunk_size: int | None = None,
 ) -> tuple[float, float]:
-    """(mean precision, mean number returned) of the items within Hamming ``radius``; no return = 0."""
+    """(mean precision, mean number returned) of the items within Hamming ``radius``;
+    no return = 0."""
     retrieval = _hamming_retrieval(query_codes, db_codes, query_labels, db_labels)
     hist = _per_query(retrieval, chunk_size, hist=_stacked_histograms)["hist"]
     curves = _radius_curves(hist)
@@ -236,7 +237,8 @@ class _Retrieval:
 
 
 class _Chunk:
-    """Distances (c x n_db) and relevance (c x n_db bool) of a block of queries, plus derived views."""
+    """Distances (c x n_db) and relevance (c x n_db bool) of a block of queries, plus derived
+    views."""
 
     def __init__(self, dist: np.ndarray, rel: np.ndarray, n_values: int):
         self.dist, self.rel, self.n_values = dist, rel, n_values
@@ -253,7 +255,8 @@ class _Chunk:
 
     @cached_property
     def ranked_relevance(self) -> np.ndarray:
-        """Relevance in ranked order, ties by database id (db rows are in id order): (c x n_db) bool."""
+        """Relevance in ranked order, ties by database id (db rows are in id order):
+        (c x n_db) bool."""
         # Stable sort of small unsigned ints is a radix sort in numpy: linear per row.
         order = np.argsort(self.dist, axis=1, kind="stable")
         return np.take_along_axis(self.rel, order, axis=1)
@@ -287,7 +290,8 @@ def _hamming_retrieval(
     db_labels: np.ndarray,
     db_ids: Sequence | np.ndarray | None = None,
 ) -> _Retrieval:
-    """Validate packed codes and labels; reorder the database by id so stable sorts break ties by id."""
+    """Validate packed codes and labels; reorder the database by id so stable sorts
+    break ties by id."""
     q_words, db_words = to_words(query_codes), to_words(db_codes)
     bits = 8 * np.asarray(query_codes).shape[1]
     if np.asarray(db_codes).shape[1] * 8 != bits:
@@ -320,7 +324,8 @@ def _label_pair(
     for name, labels, n in (("query", q, n_queries), ("database", d, n_db)):
         if labels.ndim not in (1, 2) or len(labels) != n:
             raise ValueError(
-                f"{name} labels must be (n,) ids or (n x C) multi-hot with n={n}, got {labels.shape}"
+                f"{name} labels must be (n,) ids or (n x C) multi-hot with n={n}, "
+                f"got {labels.shape}"
             )
         if labels.ndim == 1 and labels.dtype.kind not in "iu":
             raise TypeError(f"1-D {name} labels must be integer class ids, got {labels.dtype}")
@@ -368,7 +373,8 @@ def _expected_precision_sum(
     items_before: np.ndarray,
     harmonic: np.ndarray,
 ) -> np.ndarray:
-    """E[sum of precision@k over relevant k] for m tied positions holding x relevant in random order.
+    """E[sum of precision@k over relevant k] for m tied positions holding x relevant in random
+    order.
 
     The positions follow ``items_before`` items of which ``rel_before`` are relevant. A position j
     (1..m) is relevant with probability x/m and then has (j-1)(x-1)/(m-1) relevant items of the

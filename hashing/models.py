@@ -55,8 +55,14 @@ def _small_body(in_channels: int, last_block_convs: int) -> tuple[nn.Module, int
     layers += _conv(64, 128)
     for _ in range(last_block_convs - 1):
         layers += _conv(128, 128)
-    layers += [nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(128 * 9, 256),
-               nn.ReLU(True), nn.Dropout(0.3)]  # fmt: skip
+    layers += [
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(128 * 9, 256),
+        nn.ReLU(True),
+        nn.Dropout(0.3),
+    ]
     return nn.Sequential(*layers), 256
 
 
@@ -119,8 +125,12 @@ class HashModel(nn.Module):
         self.repeat_channels = native is not None and native != in_channels
         if self.repeat_channels and in_channels != 1:
             raise ValueError(f"{backbone} takes 1 or {native} input channels, got {in_channels}")
-        self.config = {"backbone": backbone, "bits": bits, "in_channels": in_channels,
-                       "shift_average": shift_average}  # fmt: skip
+        self.config = {
+            "backbone": backbone,
+            "bits": bits,
+            "in_channels": in_channels,
+            "shift_average": shift_average,
+        }
         self.backbone, dim = _BACKBONES[backbone](in_channels if native is None else native)
         self.hash_head = nn.Linear(dim, bits)
         self.register_buffer("rotation", None)
@@ -170,7 +180,8 @@ def build(
     pretrained_path: str | Path | None = None,
     shift_average: bool = False,
 ) -> HashModel:
-    """Build a ``HashModel`` with backbone ``name``; ``pretrained_path`` is a local backbone state dict."""
+    """Build a ``HashModel`` with backbone ``name``; ``pretrained_path`` is a local backbone state
+    dict."""
     model = HashModel(name, bits, in_channels, shift_average)
     if pretrained_path is not None:
         state = torch.load(Path(pretrained_path), map_location="cpu", weights_only=True)
@@ -186,7 +197,8 @@ def build(
 def save_model(
     model: HashModel, directory: str | Path, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model.pt`` (state dict) and ``model.json`` (config + ``extra``) into ``directory``."""
+    """Write ``model.pt`` (state dict) and ``model.json`` (config + ``extra``) into
+    ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -200,8 +212,12 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild a model saved by ``save_model`` (weights loaded with ``weights_only=True``)."""
     directory = Path(directory)
     config = read_model_config(directory)
-    model = HashModel(config["backbone"], config["bits"], config.get("in_channels", 3),
-                      config.get("shift_average", False))  # fmt: skip
+    model = HashModel(
+        config["backbone"],
+        config["bits"],
+        config.get("in_channels", 3),
+        config.get("shift_average", False),
+    )
     state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
     if config.get("has_rotation"):
         model.set_rotation(state["rotation"])

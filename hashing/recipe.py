@@ -18,7 +18,8 @@ __all__ = ["Recipe"]
 
 @dataclass
 class Recipe:
-    """Hyperparameters of one run; ``loss_params`` go to ``hashing.losses.build`` (None = default)."""
+    """Hyperparameters of one run; ``loss_params`` go to ``hashing.losses.build``
+    (None = default)."""
 
     method: str = "adsh"
     bits: int = 32
@@ -66,7 +67,8 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Recipe:
-        """Build from a dict, refusing unknown keys so a typo in a config is an error, not a no-op."""
+        """Build from a dict, refusing unknown keys so a typo in a config is an error, not a
+        no-op."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

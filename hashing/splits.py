@@ -130,7 +130,8 @@ def _draw_official(
 
 
 def holdout(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``range(n)`` into (kept, held_out) sorted index arrays; held_out has ~fraction * n rows."""
+    """Split ``range(n)`` into (kept, held_out) sorted index arrays; held_out has
+    ~fraction * n rows."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
     perm = np.random.default_rng(seed).permutation(n)

@@ -123,7 +123,8 @@ class Objective(nn.Module):
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for single-label rows (ids or one-hot), binary cross-entropy for multi-label."""
+    """Cross-entropy for single-label rows (ids or one-hot), binary cross-entropy for
+    multi-label."""
     if labels.ndim == 1:
         return F.cross_entropy(logits, labels.long())
     labels = labels.float()
@@ -176,7 +177,8 @@ def train_one_epoch(
 def compute_outputs(
     model: nn.Module, batches: Iterable[Batch], device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous outputs used for codes (n x bits, float32) and the labels (as given) of every batch."""
+    """Continuous outputs used for codes (n x bits, float32) and the labels (as given) of every
+    batch."""
     model.eval()
     embed = getattr(model, "embed", model)
     outputs, labels = [], []
@@ -196,7 +198,8 @@ def evaluate_retrieval(
     *,
     topk: int | None = None,
 ) -> dict[str, float]:
-    """Encode queries and database with ``model``; tie-aware and id-order mAP@topk of their codes."""
+    """Encode queries and database with ``model``; tie-aware and id-order mAP@topk of their
+    codes."""
     q_out, q_labels = compute_outputs(model, query_batches, device)
     db_out, db_labels = compute_outputs(model, database_batches, device)
     q_codes, db_codes = pack_codes(q_out), pack_codes(db_out)

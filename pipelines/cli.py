@@ -25,8 +25,17 @@ __all__ = ["main"]
 Command = Callable[[argparse.Namespace], dict[str, Any]]
 # The names of pipelines.sources.list_sources(), spelled out so that `--help` does not import Ray
 # (a test keeps the two in step).
-SOURCE_NAMES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "nuswide", "folder", "manifest",
-                "parquet", "webdataset")  # fmt: skip
+SOURCE_NAMES = (
+    "mnist5k",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "nuswide",
+    "folder",
+    "manifest",
+    "parquet",
+    "webdataset",
+)
 
 
 def _examples(*lines: str) -> str:
@@ -41,27 +50,48 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    parser.add_argument("--s3-endpoint", metavar="URL",
-                        help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL_S3 or AWS)")  # fmt: skip
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL_S3 or AWS)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
         name: str, help_text: str, examples: list[str], run: Command
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  epilog=_examples(*examples),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_examples(*examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         sub.set_defaults(run=run)
         return sub
 
-    p = command("prepare", "Decode, validate and split an image corpus into Parquet shards.",
-                ["hashray prepare --source mnist5k --out data/mnist5k",
-                 "hashray prepare --source folder --path photos/ --out data/photos --image-size 64",
-                 "hashray prepare --source cifar10 --path cifar-10-batches-py --protocol cifar10-1k --out data/c10",
-                 "hashray prepare --source parquet --path s3://b/table/ --option image_column=jpeg --out s3://b/prep",
-                 "hashray --s3-endpoint http://127.0.0.1:9000 prepare --source folder --path s3://b/photos --out out"],
-                _prepare)  # fmt: skip
+    p = command(
+        "prepare",
+        "Decode, validate and split an image corpus into Parquet shards.",
+        [
+            "hashray prepare --source mnist5k --out data/mnist5k",
+            "hashray prepare --source folder --path photos/ --out data/photos --image-size 64",
+            (
+                "hashray prepare --source cifar10 --path cifar-10-batches-py --protocol cifar10-1k "
+                "--out data/c10"
+            ),
+            (
+                "hashray prepare --source parquet --path s3://b/table/ --option image_column=jpeg "
+                "--out s3://b/prep"
+            ),
+            (
+                "hashray --s3-endpoint http://127.0.0.1:9000 prepare --source folder "
+                "--path s3://b/photos --out out"
+            ),
+        ],
+        _prepare,
+    )
     p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCE_NAMES)}")
     p.add_argument("--path", help="corpus location (local or s3://) for file-based sources")
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
@@ -72,20 +102,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resize to SIZE x SIZE pixels")
     p.add_argument("--mode", choices=["L", "RGB"], help="colour mode to store")
     p.add_argument("--classes", help="comma-separated class list (manifest source)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a source setting, repeatable (parquet: image_column, labels_column, id_column)")  # fmt: skip
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a source setting, repeatable (parquet: image_column, labels_column, id_column)",
+    )
 
-    t = command("train", "Train a hashing network with Ray Train; logs to MLflow; resumes on re-run.",
-                ["hashray train --data data/mnist5k --method adsh --bits 32",
-                 "hashray train --data data/mnist5k --config configs/mnist5k-adsh-32.yaml --epochs 5",
-                 "RAY_ADDRESS=auto hashray train --data s3://bucket/cifar --workers 4 --gpus-per-worker 1"],
-                _train)  # fmt: skip
+    t = command(
+        "train",
+        "Train a hashing network with Ray Train; logs to MLflow; resumes on re-run.",
+        [
+            "hashray train --data data/mnist5k --method adsh --bits 32",
+            "hashray train --data data/mnist5k --config configs/mnist5k-adsh-32.yaml --epochs 5",
+            (
+                "RAY_ADDRESS=auto hashray train --data s3://bucket/cifar --workers 4 "
+                "--gpus-per-worker 1"
+            ),
+        ],
+        _train,
+    )
     _add_train_options(t)
 
-    e = command("encode", "Batch-encode a prepared dataset to binary codes (Parquet) with a trained model.",
-                ["hashray encode --data data/mnist5k --model runs/mnist5k-adsh-32-x/model --out codes/m",
-                 "hashray encode --data data/mnist5k --model runs:/<run_id>/model --out codes/m"],
-                _encode)  # fmt: skip
+    e = command(
+        "encode",
+        "Batch-encode a prepared dataset to binary codes (Parquet) with a trained model.",
+        [
+            "hashray encode --data data/mnist5k --model runs/mnist5k-adsh-32-x/model --out codes/m",
+            "hashray encode --data data/mnist5k --model runs:/<run_id>/model --out codes/m",
+        ],
+        _encode,
+    )
     e.add_argument("--data", required=True, help="prepared dataset directory")
     e.add_argument(
         "--model", required=True, help="model dir, runs:/<id>/model or models:/<name>/<version>"
@@ -97,10 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--gpus", action="store_true", help="one GPU per encoder actor")
     e.add_argument("--embeddings", action="store_true", help="also store float embeddings")
 
-    v = command("evaluate", "Retrieval metrics (tie-aware mAP, P@r2, curves) of encoded queries vs database.",
-                ["hashray evaluate --codes codes/mnist5k-adsh-32",
-                 "hashray evaluate --queries codes/a/query --database codes/a/database --json"],
-                _evaluate)  # fmt: skip
+    v = command(
+        "evaluate",
+        "Retrieval metrics (tie-aware mAP, P@r2, curves) of encoded queries vs database.",
+        [
+            "hashray evaluate --codes codes/mnist5k-adsh-32",
+            "hashray evaluate --queries codes/a/query --database codes/a/database --json",
+        ],
+        _evaluate,
+    )
     v.add_argument("--codes", help="encode output directory with query/ and database/")
     v.add_argument("--queries", help="query codes directory")
     v.add_argument("--database", help="database codes directory")
@@ -111,9 +164,12 @@ def _parser() -> argparse.ArgumentParser:
         "--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)"
     )
 
-    d = command("demo", "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
-                ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
-                _demo)  # fmt: skip
+    d = command(
+        "demo",
+        "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
+        ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
+        _demo,
+    )
     d.add_argument("--method", default="adsh", help="hashing method (default adsh)")
     d.add_argument("--bits", type=int, default=32, help="code length (default 32)")
     d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
@@ -124,11 +180,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    s = command("serve", "Serve exact Hamming search (and image encoding with --model) over HTTP until Ctrl-C.",
-                ["hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
-                 "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
-                 "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db --model models:/hashray-m/1"],
-                _serve)  # fmt: skip
+    s = command(
+        "serve",
+        "Serve exact Hamming search (and image encoding with --model) over HTTP until Ctrl-C.",
+        [
+            "hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
+            "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
+            (
+                "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db "
+                "--model models:/hashray-m/1"
+            ),
+        ],
+        _serve,
+    )
     s.add_argument("--codes", required=True, help="codes directory (local or s3://) to serve")
     s.add_argument(
         "--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only"
@@ -140,11 +204,16 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     s.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
 
-    q = command("search", "Query a running search service by hex code, indexed id or image file.",
-                ["hashray search --code 3fa0c1d2 --k 10",
-                 "hashray search --image cat.png --radius 2",
-                 "hashray search --id digits/00042.png --url http://10.0.0.5:8000 --json"],
-                _search)  # fmt: skip
+    q = command(
+        "search",
+        "Query a running search service by hex code, indexed id or image file.",
+        [
+            "hashray search --code 3fa0c1d2 --k 10",
+            "hashray search --image cat.png --radius 2",
+            "hashray search --id digits/00042.png --url http://10.0.0.5:8000 --json",
+        ],
+        _search,
+    )
     query = q.add_mutually_exclusive_group(required=True)
     query.add_argument("--code", help="query code in hex")
     query.add_argument("--id", help="query by the code of this indexed id")
@@ -186,12 +255,22 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     options = _key_values(args.option)
     classes = args.classes.split(",") if args.classes else None
     connect()
-    meta = prepare(args.source, args.out, path=args.path, protocol=args.protocol, seed=args.seed,
-                   image_size=args.image_size, mode=args.mode, classes=classes,
-                   source_options=options, progress=not args.json)  # fmt: skip
+    meta = prepare(
+        args.source,
+        args.out,
+        path=args.path,
+        protocol=args.protocol,
+        seed=args.seed,
+        image_size=args.image_size,
+        mode=args.mode,
+        classes=classes,
+        source_options=options,
+        progress=not args.json,
+    )
     _say(
         args,
-        f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) -> {args.out}",
+        f"prepared {meta['counts']['kept']} images ({meta['counts']['skipped']} skipped) "
+        f"-> {args.out}",
     )
     return meta
 
@@ -210,17 +289,38 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.dataset import PreparedDataset
     from pipelines.train import train
 
-    names = ["method", "bits", "backbone", "pretrained_path", "epochs", "batch_size", "lr", "seed",
-             "workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "experiment", "out", "name"]  # fmt: skip
+    names = [
+        "method",
+        "bits",
+        "backbone",
+        "pretrained_path",
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "max_failures",
+        "experiment",
+        "out",
+        "name",
+    ]
     config = load_train_config(args.config, args.data, {n: getattr(args, n) for n in names})
     PreparedDataset.open(config.data)  # fail on a wrong path before starting Ray
     connect()
     summary = train(config, progress=not args.json, stop_after_epochs=args.stop_after_epochs)
     val_map = summary["best_val_map"]
-    selected = (f"last epoch ({summary['best_epoch']}, no validation split)" if val_map is None
-                else f"best val mAP {val_map:.4f} (epoch {summary['best_epoch']})")  # fmt: skip
-    _say(args, f"run {summary['name']}: {summary['status']}, {selected}; "
-               f"model {summary.get('model_dir', '-')}")  # fmt: skip
+    selected = (
+        f"last epoch ({summary['best_epoch']}, no validation split)"
+        if val_map is None
+        else f"best val mAP {val_map:.4f} (epoch {summary['best_epoch']})"
+    )
+    _say(
+        args,
+        f"run {summary['name']}: {summary['status']}, {selected}; "
+        f"model {summary.get('model_dir', '-')}",
+    )
     return summary
 
 
@@ -230,9 +330,17 @@ def _encode(args: argparse.Namespace) -> dict[str, Any]:
 
     connect()
     splits = args.splits.split(",") if args.splits else None
-    summary = encode(args.data, args.model, args.out, splits=splits, batch_size=args.batch_size,
-                     num_actors=args.actors, use_gpu=args.gpus, embeddings=args.embeddings,
-                     progress=not args.json)  # fmt: skip
+    summary = encode(
+        args.data,
+        args.model,
+        args.out,
+        splits=splits,
+        batch_size=args.batch_size,
+        num_actors=args.actors,
+        use_gpu=args.gpus,
+        embeddings=args.embeddings,
+        progress=not args.json,
+    )
     _say(args, f"codes written to {args.out}")
     return summary
 
@@ -242,8 +350,15 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.codes and not (args.queries and args.database):
         raise UsageError("give --codes DIR, or both --queries DIR and --database DIR")
-    report = evaluate(args.codes, queries=args.queries, database=args.database, out=args.out,
-                      radius=args.radius, topk=args.topk, mlflow_run_id=args.mlflow_run_id)  # fmt: skip
+    report = evaluate(
+        args.codes,
+        queries=args.queries,
+        database=args.database,
+        out=args.out,
+        radius=args.radius,
+        topk=args.topk,
+        mlflow_run_id=args.mlflow_run_id,
+    )
     _say(args, _report_table(report))
     return report
 
@@ -251,8 +366,14 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.demo import run_demo
 
-    return run_demo(out=args.out, method=args.method, bits=args.bits, epochs=args.epochs,
-                    workers=args.workers, quiet=args.json)  # fmt: skip
+    return run_demo(
+        out=args.out,
+        method=args.method,
+        bits=args.bits,
+        epochs=args.epochs,
+        workers=args.workers,
+        quiet=args.json,
+    )
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,8 +384,11 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     def ready(url: str, info: dict[str, Any]) -> None:
-        _say(args, f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "
-                   f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops")  # fmt: skip
+        _say(
+            args,
+            f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "
+            f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops",
+        )
 
     return run_service(config, host=args.host, port=args.port, on_ready=ready)
 
@@ -272,11 +396,20 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
 def _search(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.search_client import DEFAULT_URL, search
 
-    answer = search(args.url or DEFAULT_URL, code=args.code, item_id=args.id, image=args.image,
-                    k=args.k, radius=args.radius)  # fmt: skip
+    answer = search(
+        args.url or DEFAULT_URL,
+        code=args.code,
+        item_id=args.id,
+        image=args.image,
+        k=args.k,
+        radius=args.radius,
+    )
     rows = "".join(f"\n  {hit['distance']:>8}  {hit['id']}" for hit in answer["results"])
-    _say(args, f"{len(answer['results'])} results (index {answer['index_version']}, model "
-               f"{answer['model_version']})\n  distance  id{rows}")  # fmt: skip
+    _say(
+        args,
+        f"{len(answer['results'])} results (index {answer['index_version']}, model "
+        f"{answer['model_version']})\n  distance  id{rows}",
+    )
     return answer
 
 
@@ -333,9 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _log_traceback(log_file)
         ray_logs = console.ray_log_dir()
-        print(f"hashray {args.command}: failed: {type(err).__name__}: {_first_line(err)}\n"
-              f"  traceback: {log_file}" + (f"\n  Ray logs: {ray_logs}" if ray_logs else ""),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"hashray {args.command}: failed: {type(err).__name__}: {_first_line(err)}\n"
+            f"  traceback: {log_file}" + (f"\n  Ray logs: {ray_logs}" if ray_logs else ""),
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(result, indent=2, default=str))

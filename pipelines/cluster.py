@@ -15,7 +15,8 @@ _WORKER_NICENESS = "RAY_worker_niceness"
 
 
 def connect(num_cpus: int | None = None) -> bool:
-    """Initialise Ray once; returns True when this call started a local cluster (caller shuts it down).
+    """Initialise Ray once; returns True when this call started a local cluster (caller shuts it
+    down).
 
     A local cluster gets at least 4 logical CPUs: training workers and Serve replicas take
     fractions of a CPU, and Ray Data still needs a budget to run beside them on a small laptop.

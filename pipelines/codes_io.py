@@ -76,7 +76,8 @@ class Codes:
         return np.split(self.label_values, self.label_offsets[1:-1])
 
     def multi_hot(self, num_classes: int | None = None) -> np.ndarray:
-        """Labels as multi-hot uint8 (n x C); C defaults to metadata ``num_classes`` or max label + 1."""
+        """Labels as multi-hot uint8 (n x C); C defaults to metadata ``num_classes`` or
+        max label + 1."""
         if self.label_values is None:
             raise ValueError(f"these codes carry no labels (no {LABELS_COLUMN!r} column)")
         if num_classes is None and "num_classes" in self.metadata:
@@ -87,7 +88,8 @@ class Codes:
 def codes_table(
     ids: Any, codes: np.ndarray, *, labels: Any = None, embeddings: np.ndarray | None = None
 ) -> pa.Table:
-    """Contract columns from ids (n,), packed codes uint8 (n x bytes), label lists, embeddings (n x dim)."""
+    """Contract columns from ids (n,), packed codes uint8 (n x bytes), label lists,
+    embeddings (n x dim)."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if codes.ndim != 2:
         raise ValueError(f"codes must be (n x bytes) uint8, got shape {codes.shape}")
@@ -182,7 +184,8 @@ def read_metadata(path: str) -> tuple[CodesManifest, dict[str, str]]:
 
 
 def read_codes(path: str, *, verify: bool = False) -> Codes:
-    """Load a complete codes directory; ``verify`` also checks every file's sha256 against the manifest."""
+    """Load a complete codes directory; ``verify`` also checks every file's sha256 against the
+    manifest."""
     manifest = read_manifest(path)
     tables = []
     for entry in manifest.files:

@@ -44,7 +44,8 @@ class TrainConfig:
         return self.gpus_per_worker > 0
 
     def run_name(self, dataset_name: str) -> str:
-        """Deterministic run name: the same recipe resumes the same run, a changed one starts anew."""
+        """Deterministic run name: the same recipe resumes the same run, a changed one starts
+        anew."""
         if self.name:
             return self.name
         digest = hashlib.sha256(

@@ -12,7 +12,8 @@ Ray writes to the terminal through four channels, each quieted here when not ver
   session log folder.
 - Ray's native (C++) log lines in the driver process, written straight to file descriptor 2
   (``core_worker.cc ... has constructor arguments in the object store``): descriptor 2 goes to the
-  command's log file, while Python's ``sys.stderr`` keeps the terminal (see :func:`native_stderr_to`).
+  command's log file, while Python's ``sys.stderr`` keeps the terminal (see
+  :func:`native_stderr_to`).
 - Tracebacks: the CLI prints one line and writes the traceback to the log file.
 """
 

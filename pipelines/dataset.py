@@ -76,7 +76,8 @@ class PreparedDataset:
         return ray.data.read_parquet([storage.inner_path(f) for f in files], filesystem=fs)
 
     def load_split_numpy(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """ids (n,) str, images uint8 (n, H, W, C), multi-hot labels float32 (n, C); small data only."""
+        """ids (n,) str, images uint8 (n, H, W, C), multi-hot labels float32 (n, C); small data
+        only."""
         table = self._read_table(split, ["id", "image", "labels"])
         ids = np.asarray(table.column("id").to_pylist(), dtype=str)
         images = np.zeros((table.num_rows, *self.image_shape), dtype=np.uint8)

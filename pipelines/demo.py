@@ -49,7 +49,8 @@ def run_demo(
 
         config = _demo_config(data, root, method, bits, epochs, workers)
         say(
-            f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, {workers} Ray Train worker(s)"
+            f"[2/5] train: {method}, {bits} bits, {config.recipe.epochs} epochs, "
+            f"{workers} Ray Train worker(s)"
         )
         run = train(config, progress=not quiet)
 
@@ -75,8 +76,14 @@ def run_demo(
 def _demo_config(
     data: str, root: Path, method: str, bits: int, epochs: int | None, workers: int
 ) -> TrainConfig:
-    overrides = {"method": method, "bits": bits, "epochs": epochs, "workers": workers,
-                 "out": str(root / "runs"), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}  # fmt: skip
+    overrides = {
+        "method": method,
+        "bits": bits,
+        "epochs": epochs,
+        "workers": workers,
+        "out": str(root / "runs"),
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+    }
     return load_train_config(DEMO_CONFIG, data, overrides)
 
 
@@ -101,23 +108,28 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
     hits = ", ".join(
         f"{r['id']} (d={r['distance']}, label {r['labels']})" for r in example["results"]
     )
-    return "\n".join([
-        "",
-        (
-            f"hashray demo: {report['method']} {report['bits']} bits on mnist5k "
-            f"({report['n_queries']} queries x {report['n_database']} database codes)"
-        ),
-        f"  mAP@all tie-aware   {report['map_tie_aware']:.4f}",
-        f"  mAP@all id order    {report['map_id_order']:.4f}",
-        f"  precision @ r<=2    {report['precision_radius_2']:.4f}",
-        f"  query {example['query_id']} (label {example['query_labels']}) -> {hits}",
-        "",
-        f"outputs under {root}:",
-        f"  model    {run['model_dir']}",
-        f"  codes    {report['codes']['query']}, {report['codes']['database']}",
-        f"  report   {Path(report['codes']['query']).parent / 'report.json'}",
-        f"  MLflow   mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}   (run {run['mlflow_run_id']})",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "",
+            (
+                f"hashray demo: {report['method']} {report['bits']} bits on mnist5k "
+                f"({report['n_queries']} queries x {report['n_database']} database codes)"
+            ),
+            f"  mAP@all tie-aware   {report['map_tie_aware']:.4f}",
+            f"  mAP@all id order    {report['map_id_order']:.4f}",
+            f"  precision @ r<=2    {report['precision_radius_2']:.4f}",
+            f"  query {example['query_id']} (label {example['query_labels']}) -> {hits}",
+            "",
+            f"outputs under {root}:",
+            f"  model    {run['model_dir']}",
+            f"  codes    {report['codes']['query']}, {report['codes']['database']}",
+            f"  report   {Path(report['codes']['query']).parent / 'report.json'}",
+            (
+                f"  MLflow   mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}   "
+                f"(run {run['mlflow_run_id']})"
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

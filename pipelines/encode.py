@@ -78,9 +78,11 @@ class EncoderUDF:
             x = images_to_tensor(images, self.mean, self.std).to(self.device)
             outputs = self.model.embed(x).float().cpu().numpy()
         table = codes_table(
-            batch.column("id"), pack_codes(outputs), labels=batch.column("labels"),
+            batch.column("id"),
+            pack_codes(outputs),
+            labels=batch.column("labels"),
             embeddings=outputs if self.embeddings else None,
-        )  # fmt: skip
+        )
         return table.append_column("path", batch.column("path"))
 
 
@@ -98,7 +100,8 @@ def encode(
     progress: bool = True,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
 ) -> dict[str, Any]:
-    """Encode ``splits`` (default query and database) of the prepared dataset ``data`` into ``out/<split>``.
+    """Encode ``splits`` (default query and database) of the prepared dataset ``data`` into
+    ``out/<split>``.
 
     ``model`` is a model directory, ``runs:/...`` or ``models:/...``. Returns a summary: rows,
     directory and files per split, bits, method, model version, seconds and images/s.
@@ -119,14 +122,18 @@ def encode(
     ds = ds.select_columns(["id", "image", "labels", "path"])
     ds = ds.map_batches(
         EncoderUDF,
-        fn_constructor_kwargs={"model_uri": model_ref, "tracking_uri": tracking_uri,
-                               "use_gpu": use_gpu, "embeddings": embeddings},
+        fn_constructor_kwargs={
+            "model_uri": model_ref,
+            "tracking_uri": tracking_uri,
+            "use_gpu": use_gpu,
+            "embeddings": embeddings,
+        },
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_cpus,
         num_gpus=1 if use_gpu else 0,
         batch_size=batch_size,
         batch_format="pyarrow",
-    )  # fmt: skip
+    )
     total = sum(info.split(s).rows for s in _unique_file_splits(splits, info))
     by_path = _collect(ds, total=total, progress=progress)
     images = sum(t.num_rows for ts in by_path.values() for t in ts)

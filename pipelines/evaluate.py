@@ -62,9 +62,14 @@ def evaluate(
     meta = _shared_metadata(query, db)
     num_classes = _num_classes(query, db)
     result = metrics.retrieval_report(
-        query.codes, db.codes, query.multi_hot(num_classes), db.multi_hot(num_classes),
-        db_ids=db.ids, radius=radius, topk=topk,
-    )  # fmt: skip
+        query.codes,
+        db.codes,
+        query.multi_hot(num_classes),
+        db.multi_hot(num_classes),
+        db_ids=db.ids,
+        radius=radius,
+        topk=topk,
+    )
     run_id = mlflow_run_id or meta.get("mlflow_run_id")
     report = {
         "method": meta.get("method"),
@@ -109,7 +114,8 @@ def evaluate(
 def _log_to_run(
     uri: str, run_id: str, report: dict[str, Any], files: list[Path], *, explicit: bool
 ) -> bool:
-    """Log into the run; a run id read from the codes may live in another store: warn, don't fail."""
+    """Log into the run; a run id read from the codes may live in another store: warn, don't
+    fail."""
     try:
         tracking.log_report(uri, run_id, mlflow_metrics(report), files)
     except MlflowException as err:
@@ -127,7 +133,8 @@ def _log_to_run(
 
 
 def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metric names: ``eval_`` prefix, ``_top<k>`` on cut-off mAPs."""
+    """The report's numbers as MLflow metric names: ``eval_`` prefix, ``_top<k>`` on cut-off
+    mAPs."""
     suffix = "" if report["topk"] is None else f"_top{report['topk']}"
     r = report["radius"]
     values = {
@@ -166,11 +173,21 @@ def _render(report: dict[str, Any], directory: Path) -> list[Path]:
     """Write report.json, pr_curve.png and precision_at_n.png into ``directory``; their paths."""
     title = f"{report['method'] or 'codes'}, {report['bits']} bits, {report['n_queries']} queries"
     curve = report["pr_curve"]
-    pr = _plot(curve["recall"], curve["precision"], "recall", "precision",
-               f"{title}\nprecision-recall over Hamming radius 0..{report['bits']}")  # fmt: skip
+    pr = _plot(
+        curve["recall"],
+        curve["precision"],
+        "recall",
+        "precision",
+        f"{title}\nprecision-recall over Hamming radius 0..{report['bits']}",
+    )
     ns = [int(n) for n in report["precision_at_n"]]
-    p_at = _plot(ns, list(report["precision_at_n"].values()), "N (id-order ranking)", "precision@N",
-                 f"{title}\nprecision of the first N")  # fmt: skip
+    p_at = _plot(
+        ns,
+        list(report["precision_at_n"].values()),
+        "N (id-order ranking)",
+        "precision@N",
+        f"{title}\nprecision of the first N",
+    )
     outputs = {
         REPORT_FILE: (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
         "pr_curve.png": pr,
@@ -182,7 +199,8 @@ def _render(report: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def _plot(x: list, y: list, xlabel: str, ylabel: str, title: str) -> bytes:
-    """One line plot as PNG bytes; a bare ``Figure`` renders with Agg and leaves pyplot untouched."""
+    """One line plot as PNG bytes; a bare ``Figure`` renders with Agg and leaves pyplot
+    untouched."""
     fig = Figure(figsize=(5.5, 4.2))
     ax = fig.add_subplot()
     ax.plot(x, y, marker="o", markersize=3)

@@ -32,7 +32,8 @@ class BadImage(ValueError):
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Stored (already validated) PNG bytes -> uint8 pixels (H, W, C), C = 1 for "L", 3 for "RGB"."""
+    """Stored (already validated) PNG bytes -> uint8 pixels (H, W, C), C = 1 for "L", 3 for
+    "RGB"."""
     with Image.open(io.BytesIO(data)) as image:
         if image.mode not in MODES:
             image = image.convert("RGB")
@@ -51,7 +52,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def normalize_image(data: bytes, *, size: tuple[int, int] | None, mode: str) -> bytes:
-    """Validate any image file's bytes, fix orientation and mode, resize to ``size`` (W, H); PNG out.
+    """Validate any image file's bytes, fix orientation and mode, resize to ``size`` (W, H); PNG
+    out.
 
     Raises ``BadImage`` for anything unusable (empty, not an image, truncated, corrupt, too many
     pixels, a mode we cannot convert).

@@ -1,4 +1,5 @@
-"""Find a trained model by URI: a local model directory, ``runs:/<run_id>/<path>`` or ``models:/...``.
+"""Find a trained model by URI: a local model directory, ``runs:/<run_id>/<path>`` or
+``models:/...``.
 
 MLflow URIs are downloaded with ``mlflow.artifacts.download_artifacts`` into a cache
 (``$HASHRAY_CACHE_DIR`` or ``~/.cache/hashray``) keyed by tracking URI and pinned URI. Registry
@@ -32,7 +33,8 @@ def is_mlflow_uri(uri: str) -> bool:
 
 
 def cache_dir() -> Path:
-    """Where downloaded models are kept: ``$HASHRAY_CACHE_DIR/models`` or ``~/.cache/hashray/models``."""
+    """Where downloaded models are kept: ``$HASHRAY_CACHE_DIR/models`` or
+    ``~/.cache/hashray/models``."""
     root = os.environ.get("HASHRAY_CACHE_DIR") or Path.home() / ".cache" / "hashray"
     return Path(root) / "models"
 
@@ -103,7 +105,8 @@ def _pin_version(uri: str, client: Any) -> tuple[str, str]:
 
 
 def _model_dir_in(root: Path, uri: str) -> Path:
-    """``root`` itself or the one folder below it that holds both model files; clear error otherwise."""
+    """``root`` itself or the one folder below it that holds both model files; clear error
+    otherwise."""
     candidates = sorted(
         {p.parent for p in root.rglob(MODEL_CARD_FILE) if (p.parent / MODEL_FILE).is_file()}
     )

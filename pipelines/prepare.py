@@ -196,7 +196,8 @@ def _spool_good_rows(checked: ray.data.Dataset, spool: _Spool, progress: bool) -
         for batch in batches:
             ok = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
             position = np.full(batch.num_rows, -1, dtype=np.int64)
-            # Filtering copies every image; most blocks are all good and go to the spool as they are.
+            # Filtering copies every image; most blocks are all good and go to the spool as they
+            # are.
             good = batch if ok.all() else batch.filter(ok)
             position[ok] = spool.append(good.select(IMAGE_SCHEMA.names))
             summaries.append(_summary(batch, ok, position))
@@ -223,7 +224,8 @@ def _summary(batch: pa.Table, ok: np.ndarray, position: np.ndarray) -> pa.Table:
 def _draw_split(
     good: pa.Table, protocol: str, seed: int, num_classes: int
 ) -> dict[str, np.ndarray | None]:
-    """Row numbers of ``good`` (sorted by id) per split; ``database`` None when it is the train split."""
+    """Row numbers of ``good`` (sorted by id) per split; ``database`` None when it is the train
+    split."""
     official = good.column("official_split").to_numpy(zero_copy_only=False)
     has_official = bool((official != "").all())
     if protocol in OFFICIAL_SPLITS and (has_official or protocol not in PROTOCOLS):
@@ -336,8 +338,10 @@ def _write_splits(
         starts = range(0, len(rows), rows_per_part)
         names = [f"part-{number:05d}.parquet" for number in range(len(starts))]
         splits[split] = {"rows": len(rows), "files": [f"{split}/{name}" for name in names]}
-        jobs += [(fs, posixpath.join(folder, name), positions[rows[first : first + rows_per_part]])
-                 for name, first in zip(names, starts)]  # fmt: skip
+        jobs += [
+            (fs, posixpath.join(folder, name), positions[rows[first : first + rows_per_part]])
+            for name, first in zip(names, starts)
+        ]
     total = sum(len(part) for _, _, part in jobs)
     with tqdm(total=total, desc="writing", unit="img", disable=not progress) as bar:
         for job in jobs:

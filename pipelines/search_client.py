@@ -43,8 +43,9 @@ def search(
             form = {"k": str(k)} | ({"radius": str(radius)} if radius is not None else {})
             with open(image, "rb") as f:
                 files = {"file": (Path(image).name, f)}
-                response = requests.post(f"{base}/search/image", files=files, data=form,
-                                         headers=headers, timeout=timeout)  # fmt: skip
+                response = requests.post(
+                    f"{base}/search/image", files=files, data=form, headers=headers, timeout=timeout
+                )
         else:
             body = {"k": k, "radius": radius} | (
                 {"code": code} if code is not None else {"id": item_id}

@@ -99,8 +99,11 @@ def log_report(
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int) -> None:
     now = int(time.time() * 1000)
-    values = [Metric(k, float(v), now, step) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]  # fmt: skip
+    values = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     client.log_batch(run_id, metrics=values)
 
 
@@ -129,15 +132,20 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
 
     epochs = [h["epoch"] for h in history]
     validated = [h for h in history if "val_map" in h]  # none when no validation split is held out
-    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(9 if validated else 4.5, 3.5),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, 2 if validated else 1, figsize=(9 if validated else 4.5, 3.5), squeeze=False
+    )
     left = axes[0, 0]
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
     if validated:
         right = axes[0, 1]
-        right.plot([h["epoch"] for h in validated], [h["val_map"] for h in validated], marker="o",
-                   color="tab:green")  # fmt: skip
+        right.plot(
+            [h["epoch"] for h in validated],
+            [h["val_map"] for h in validated],
+            marker="o",
+            color="tab:green",
+        )
         right.set(xlabel="epoch", ylabel="tie-aware mAP@all", title="validation mAP")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

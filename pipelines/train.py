@@ -62,8 +62,12 @@ def train(
     validation mAP, status (``finished`` or ``stopped``).
     """
     dataset = PreparedDataset.open(config.data)
-    stages = losses.build(config.recipe.method, bits=config.recipe.bits, num_classes=dataset.num_classes,
-                          **config.recipe.loss_params).stages  # fmt: skip
+    stages = losses.build(
+        config.recipe.method,
+        bits=config.recipe.bits,
+        num_classes=dataset.num_classes,
+        **config.recipe.loss_params,
+    ).stages
     pretrain_epochs, rotation = config.recipe.stage_plan(stages)  # refuses rotation w/o validation
     name = config.run_name(dataset.info.name)
     run_dir = Path(config.out).resolve() / name
@@ -140,9 +144,12 @@ def train(
         storage.write_json(str(run_file), summary)
         return summary
 
-    model = models.build(config.recipe.backbone, bits=config.recipe.bits,
-                         in_channels=dataset.image_shape[2],
-                         shift_average=config.recipe.shift_average)  # fmt: skip
+    model = models.build(
+        config.recipe.backbone,
+        bits=config.recipe.bits,
+        in_channels=dataset.image_shape[2],
+        shift_average=config.recipe.shift_average,
+    )
     model.load_state_dict(state["best_model"])
     if rotation != "none":
         model.set_rotation(
@@ -175,8 +182,12 @@ def train(
         state["history"],
         register_as=config.register_as or f"hashray-{name}",
     )
-    summary.update(status="finished", model_dir=str(model_dir), model_uri=f"runs:/{mlflow_run_id}/model",
-                   registered_model=registered)  # fmt: skip
+    summary.update(
+        status="finished",
+        model_dir=str(model_dir),
+        model_uri=f"runs:/{mlflow_run_id}/model",
+        registered_model=registered,
+    )
     storage.write_json(str(run_file), summary)
     return summary
 
@@ -234,12 +245,18 @@ def _load_rows(files: list[str], ids: list[str], num_classes: int) -> tuple[np.n
     table = data.to_table(
         columns=["id", "image", "labels"], filter=pc.field("id").isin(ids)
     ).sort_by("id")
-    return _decode({"image": table["image"].to_numpy(zero_copy_only=False),
-                    "labels": table["labels"].to_pylist()}, num_classes).values()  # fmt: skip
+    return _decode(
+        {
+            "image": table["image"].to_numpy(zero_copy_only=False),
+            "labels": table["labels"].to_pylist(),
+        },
+        num_classes,
+    ).values()
 
 
 def _decode(batch: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
-    """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32 multi-hot (n x C)}."""
+    """Batch of stored rows -> {"image": uint8 (n x H x W x C), "labels": float32
+    multi-hot (n x C)}."""
     images = np.stack([decode_image(data) for data in batch["image"]])
     labels = multi_hot_from_lists(batch["labels"], num_classes, np.float32)
     return {"image": images, "labels": labels}

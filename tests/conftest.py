@@ -9,7 +9,8 @@ import pytest
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that takes the Ray cluster fixture is a ``ray`` test (``make test-fast`` skips them)."""
+    """Every test that takes the Ray cluster fixture is a ``ray`` test (``make test-fast`` skips
+    them)."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)

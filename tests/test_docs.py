@@ -129,7 +129,8 @@ def _path_references(text: str) -> list[str]:
 
 
 def _exists(base: Path, reference: str) -> bool:
-    """Whether ``reference`` (maybe with a glob or a <placeholder>) names something under ``base``."""
+    """Whether ``reference`` (maybe with a glob or a <placeholder>) names something under
+    ``base``."""
     placeholder = re.search(r"[<{]", reference)
     if placeholder:  # e.g. benchmarks/results/<name>.json: the folder before it must exist
         reference = reference[: placeholder.start()].rsplit("/", 1)[0]

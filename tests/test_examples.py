@@ -21,8 +21,19 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_config_recipe_with_overrides_trains_and_reports_it():
-    done = _run("--config", "configs/mnist5k-adsh-48-tuned.yaml", "--epochs", "1", "--seed", "3",
-                "--set", "batch_size=256", "--set", "loss_params={m: 0.3}", "--json")  # fmt: skip
+    done = _run(
+        "--config",
+        "configs/mnist5k-adsh-48-tuned.yaml",
+        "--epochs",
+        "1",
+        "--seed",
+        "3",
+        "--set",
+        "batch_size=256",
+        "--set",
+        "loss_params={m: 0.3}",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     recipe = result["recipe"]
@@ -30,7 +41,11 @@ def test_config_recipe_with_overrides_trains_and_reports_it():
     assert recipe["backbone"] == "smallcnn-deep" and recipe["shift_average"] is True
     assert recipe["bits"] == 48
     assert (recipe["batch_size"], recipe["loss_params"], recipe["epochs"], recipe["seed"]) == (
-        256, {"m": 0.3}, 1, 3)  # fmt: skip
+        256,
+        {"m": 0.3},
+        1,
+        3,
+    )
     # one warm-up epoch of 14 steps already ranks far above chance (about 0.1; 0.45 here)
     assert 0.3 < result["map_tie_aware"] <= 1.0
 

@@ -25,7 +25,8 @@ __all__ = [
 
 
 def as_multihot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Labels as a bool multi-hot (n x C) tensor, from class ids (n,) int or multi-hot (n x C) 0/1."""
+    """Labels as a bool multi-hot (n x C) tensor, from class ids (n,) int or
+    multi-hot (n x C) 0/1."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.ndim == 1:
@@ -70,7 +71,8 @@ def distinct_pairs(n: int, device: torch.device | None = None) -> torch.Tensor:
 
 
 def triplet_mask(similar: torch.Tensor, *, self_positive: bool) -> torch.Tensor:
-    """Valid triplets [a, p, q] from a similarity (n x n) bool: p similar to a, q not -> (n x n x n).
+    """Valid triplets [a, p, q] from a similarity (n x n) bool: p similar to a, q not ->
+    (n x n x n).
 
     With ``self_positive`` the anchor also serves as its own positive (p = a, distance 0), as in
     the SDSH code: such triplets push negatives away even in a batch without a positive pair.

@@ -54,7 +54,8 @@ def hash_centres(num_classes: int, bits: int, *, seed: int = 0, tries: int = 20)
 
 @register("csq")
 class CSQLoss(HashLoss):
-    """Binary cross-entropy of each output bit against its class's hash centre, plus quantization."""
+    """Binary cross-entropy of each output bit against its class's hash centre, plus
+    quantization."""
 
     def __init__(self, *, bits: int, num_classes: int, lam: float = 1e-4, seed: int = 0) -> None:
         super().__init__(bits=bits, num_classes=num_classes)

@@ -1,8 +1,8 @@
 """SDSH: Deep Supervised Hashing with Spherical Embedding.
 
 Pidhorskyi, Jafari, Doretto et al., "Deep Supervised Hashing with Spherical Embedding", ACCV 2018.
-Tags as in docs/methods.md: [code] follows the authors' TensorFlow code (podgorskiy/SDSH), [choice] is
-our own reading.
+Tags as in docs/methods.md: [code] follows the authors' TensorFlow code (podgorskiy/SDSH),
+[choice] is our own reading.
 
 Embedding z = h / ||h|| and D_xy = ||z_x - z_y||^2 in [0, 4].
 

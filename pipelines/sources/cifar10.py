@@ -134,7 +134,8 @@ def _text(value: str | bytes) -> str:
 def _cifar_rows(
     batch: pa.Table, fs: pafs.FileSystem, scheme: str, num_classes: int
 ) -> Iterator[pa.Table]:
-    """One batch file (uri, batch, split) -> ROW_SCHEMA blocks of PNG rows; a bad file -> one error row."""
+    """One batch file (uri, batch, split) -> ROW_SCHEMA blocks of PNG rows; a bad file -> one error
+    row."""
     for uri, name, split in zip(*(batch.column(c).to_pylist() for c in ("uri", "batch", "split"))):
         source = scheme + uri
         try:

@@ -46,7 +46,8 @@ def manifest_source(path: str | None, classes: list[str] | None) -> Source:
 
 
 def _read_manifest(path: str) -> tuple[list[dict], list[dict[str, str]]]:
-    """Manifest entries ``{id, uri, labels: [names]}`` and the rows refused (no path, no labels, duplicates)."""
+    """Manifest entries ``{id, uri, labels: [names]}`` and the rows refused (no path, no labels,
+    duplicates)."""
     text = storage.read_bytes(path).decode("utf-8-sig")
     if path.endswith((".jsonl", ".ndjson")):
         records = [json.loads(line) for line in text.splitlines() if line.strip()]

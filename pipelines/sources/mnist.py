@@ -1,4 +1,5 @@
-"""MNIST-style corpora: the bundled digits (``mnist5k``) and idx files (``mnist``, ``fashion-mnist``).
+"""MNIST-style corpora: the bundled digits (``mnist5k``) and idx files (``mnist``,
+``fashion-mnist``).
 
 idx files (``train-`` and ``t10k-images-idx3-ubyte`` / ``-labels-idx1-ubyte``, gzipped or not) are
 read in Ray Data tasks, each its own range of rows: the driver reads only the four headers and

@@ -82,7 +82,8 @@ def _parquet_rows(
     columns: dict[str, str | None],
     classes: list[str],
 ) -> Iterator[pa.Table]:
-    """One row group (uri, name, group, first) -> ROW_SCHEMA blocks; an unreadable one -> an error row."""
+    """One row group (uri, name, group, first) -> ROW_SCHEMA blocks; an unreadable one -> an error
+    row."""
     index = {name: i for i, name in enumerate(classes)}
     wanted = [name for name in columns.values() if name]
     for uri, name, group, first in zip(

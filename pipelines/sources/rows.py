@@ -226,7 +226,8 @@ def row_table(batch: pa.Table | None, **columns) -> pa.Table:
 
 
 def error_row(row_id: str, source: str, reason: str, split: str = "") -> pa.Table:
-    """One ROW_SCHEMA row for a container piece (a file, a row group, a shard) that could not be read."""
+    """One ROW_SCHEMA row for a container piece (a file, a row group, a shard) that could not be
+    read."""
     return row_table(
         None,
         id=[row_id],

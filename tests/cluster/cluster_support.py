@@ -132,8 +132,16 @@ def ordered_blocks() -> Iterator[None]:
 
 def drill_config(data: str, out: Path, tracking_uri: str, name: str) -> TrainConfig:
     """The 2-worker config of the undisturbed run and of the drills (they differ only by name)."""
-    return TrainConfig(data=data, recipe=RECIPE, out=str(out), name=name, workers=2,
-                       cpus_per_worker=0.5, max_failures=2, tracking_uri=tracking_uri)  # fmt: skip
+    return TrainConfig(
+        data=data,
+        recipe=RECIPE,
+        out=str(out),
+        name=name,
+        workers=2,
+        cpus_per_worker=0.5,
+        max_failures=2,
+        tracking_uri=tracking_uri,
+    )
 
 
 def prepared_rows(data: str) -> dict[str, np.ndarray]:

@@ -51,8 +51,13 @@ def s3_endpoint() -> Iterator[str]:
     import boto3
 
     with moto_endpoint() as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
         yield endpoint
 
@@ -62,8 +67,13 @@ def s3_client(s3_endpoint: str):
     """boto3 S3 client for the moto server (the test's own view of the bucket)."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,16 +87,34 @@ def mlflow_server(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = {**os.environ, **S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-           # no background job runners (GenAI jobs): they cost seconds and a dozen processes
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/artifacts"]  # fmt: skip
+    env = {
+        **os.environ,
+        **S3_KEYS,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        # no background job runners (GenAI jobs): they cost seconds and a dozen processes
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{ARTIFACT_BUCKET}/artifacts",
+    ]
     url = f"http://127.0.0.1:{port}"
     with open(root / "server.log", "wb") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
         def healthy() -> bool:
             if server.poll() is not None:

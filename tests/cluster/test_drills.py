@@ -91,15 +91,20 @@ def test_killed_training_worker_resumes_into_the_same_run(
     config = drill_config(prepared, runs_dir, mlflow_server, "killed-worker")
     checkpoints = runs_dir / "killed-worker" / "ray"
     # Once epoch 1 is checkpointed the workers are in epoch 2: kill one of the two there.
-    killer = Killer(ready=lambda: (checkpoints / "epoch-001").exists(),
-                    pick=lambda title: title.startswith(TRAIN_WORKER), family=TRAIN_WORKER)  # fmt: skip
+    killer = Killer(
+        ready=lambda: (checkpoints / "epoch-001").exists(),
+        pick=lambda title: title.startswith(TRAIN_WORKER),
+        family=TRAIN_WORKER,
+    )
     killer.start()
     with ordered_blocks():
         summary = train(config, progress=False)
     kill = killer.finish()
 
-    print(f"killed {kill.get('title')} pid {kill.get('pid')}; best val mAP "
-          f"{summary['best_val_map']:.6f} vs {baseline['best_val_map']:.6f} undisturbed")  # fmt: skip
+    print(
+        f"killed {kill.get('title')} pid {kill.get('pid')}; best val mAP "
+        f"{summary['best_val_map']:.6f} vs {baseline['best_val_map']:.6f} undisturbed"
+    )
     assert kill.get("pid"), f"no training worker was killed: {kill}"
     assert kill["family_after"] - kill["family_before"], f"no worker started after the kill: {kill}"
     assert summary["status"] == "finished" and summary["epochs_done"] == RECIPE.epochs, summary
@@ -127,12 +132,22 @@ def test_killed_encode_actor_leaves_every_id_exactly_once(
     )
     context = DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 16 * 1024
-    killer = Killer(ready=lambda: True, pick=lambda title: title.startswith(ENCODE_ACTOR + BUSY),
-                    family=ENCODE_ACTOR)  # fmt: skip
+    killer = Killer(
+        ready=lambda: True,
+        pick=lambda title: title.startswith(ENCODE_ACTOR + BUSY),
+        family=ENCODE_ACTOR,
+    )
     killer.start()
     try:
-        summary = encode(prepared, str(model_dir), str(tmp_path / "codes"), batch_size=8, num_actors=2,
-                         embeddings=True, progress=False)  # fmt: skip
+        summary = encode(
+            prepared,
+            str(model_dir),
+            str(tmp_path / "codes"),
+            batch_size=8,
+            num_actors=2,
+            embeddings=True,
+            progress=False,
+        )
     finally:
         context.target_max_block_size = block_size
         kill = killer.finish()
@@ -158,39 +173,72 @@ def test_killed_encode_actor_leaves_every_id_exactly_once(
 
 def file_digests(root: Path, pattern: str) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``root`` matching ``pattern``."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob(pattern)) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob(pattern))
+        if p.is_file()
+    }
 
 
 def hashray(*args: str, env: dict[str, str]) -> dict:
     """Run ``hashray <args> --json`` in a new process (a new Ray job); its JSON result."""
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--json"], check=False, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args, "--json"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     try:
         return json.loads(done.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"hashray {args[0]} --json printed more than JSON on stdout:\n{done.stdout[-3000:]}"
-                    f"\n--- stderr:\n{done.stderr[-3000:]}")  # fmt: skip
+        pytest.fail(
+            f"hashray {args[0]} --json printed more than JSON on stdout:\n{done.stdout[-3000:]}"
+            f"\n--- stderr:\n{done.stderr[-3000:]}"
+        )
 
 
 def test_each_stage_reruns_idempotently_after_the_job_stops(
-    ray_cluster, prepared: str, digits_folder: Path, mlflow_server: str, undisturbed_run, tmp_path: Path,
+    ray_cluster,
+    prepared: str,
+    digits_folder: Path,
+    mlflow_server: str,
+    undisturbed_run,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    """Each stage ran in this process; the re-runs are new ``hashray`` processes, as after a stop."""
+) -> None:
+    """Each stage ran in this process; the re-runs are new ``hashray`` processes, as after a
+    stop."""
     config, trained = undisturbed_run
     epoch = "1700000000"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)  # fixed created_at: encode output is byte-stable
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["address"],
-           "MLFLOW_TRACKING_URI": mlflow_server, "SOURCE_DATE_EPOCH": epoch}  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.address_info["address"],
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "SOURCE_DATE_EPOCH": epoch,
+    }
     data = Path(prepared)
 
     # prepare: the same corpus again into the same place -> the same Parquet bytes
     parquet = file_digests(data, "*.parquet")
     meta = json.loads((data / "dataset.json").read_text())
-    again = hashray("prepare", "--source", "folder", "--path", str(digits_folder), "--out", prepared,
-                    "--mode", "L", "--image-size", "28", env=env)  # fmt: skip
+    again = hashray(
+        "prepare",
+        "--source",
+        "folder",
+        "--path",
+        str(digits_folder),
+        "--out",
+        prepared,
+        "--mode",
+        "L",
+        "--image-size",
+        "28",
+        env=env,
+    )
     assert file_digests(data, "*.parquet") == parquet
     assert {k: v for k, v in again.items() if k != "created_at"} == {
         k: v for k, v in meta.items() if k != "created_at"

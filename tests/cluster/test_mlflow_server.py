@@ -59,8 +59,11 @@ def test_train_encode_evaluate_through_a_tracking_server(
         table = pq.read_table(codes / split)
         assert table.schema.metadata[b"hashray.model_uri"] == f"runs:/{run_id}/model".encode()
         outputs = np.stack([reference[i] for i in table["id"].to_pylist()])
-        got = np.unpackbits(np.frombuffer(b"".join(table["code"].to_pylist()), np.uint8).reshape(len(outputs), -1),
-                            axis=1, bitorder="little")  # fmt: skip
+        got = np.unpackbits(
+            np.frombuffer(b"".join(table["code"].to_pylist()), np.uint8).reshape(len(outputs), -1),
+            axis=1,
+            bitorder="little",
+        )
         want = np.unpackbits(packed_signs(outputs), axis=1, bitorder="little")
         clear = np.abs(outputs) > 1e-4  # batched and one-by-one float sums may differ in sign at 0
         assert np.array_equal(got[clear], want[clear])
@@ -69,5 +72,7 @@ def test_train_encode_evaluate_through_a_tracking_server(
     assert report["mlflow_run_id"] == run_id and report["mlflow_logged"]
     logged = client.get_run(run_id).data.metrics
     assert logged["eval_map_tie_aware"] == pytest.approx(report["map_tie_aware"])
-    assert any(k.endswith(f"{run_id}/artifacts/evaluation/report.json")
-               for k in (o["Key"] for o in s3_client.list_objects_v2(Bucket=ARTIFACT_BUCKET)["Contents"]))  # fmt: skip
+    assert any(
+        k.endswith(f"{run_id}/artifacts/evaluation/report.json")
+        for k in (o["Key"] for o in s3_client.list_objects_v2(Bucket=ARTIFACT_BUCKET)["Contents"])
+    )

@@ -76,10 +76,13 @@ def service(ray_cluster, corpus: tuple[str, np.ndarray]) -> Iterator[str]:
     from pipelines.serve import ServeArgs, build_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})  # fmt: skip
-    serve.run(build_app(ServeArgs(codes=corpus[0], shards=2, replicas=2)), name=APP,
-              route_prefix="/")  # fmt: skip
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        logging_config={"enable_access_log": False},
+    )
+    serve.run(
+        build_app(ServeArgs(codes=corpus[0], shards=2, replicas=2)), name=APP, route_prefix="/"
+    )
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -100,8 +103,11 @@ class Load:
                     return
                 query, sent = n % len(self.queries), time.monotonic()
                 try:
-                    response = session.post(f"{self.url}/search", timeout=60, json={
-                        "code": self.queries[query].tobytes().hex(), "k": K})  # fmt: skip
+                    response = session.post(
+                        f"{self.url}/search",
+                        timeout=60,
+                        json={"code": self.queries[query].tobytes().hex(), "k": K},
+                    )
                     body = response.json() if response.ok else response.text[:500]
                     self.answers.append((sent, query, response.status_code, body))
                 except requests.RequestException as err:
@@ -120,8 +126,7 @@ class Load:
 
 def shard0_replicas() -> set[int]:
     """Pids of the Shard0 replica processes below this test process."""
-    return {pid for pid, title in descendants(os.getpid()).items()
-            if title.split(".")[0] == VICTIM}  # fmt: skip
+    return {pid for pid, title in descendants(os.getpid()).items() if title.split(".")[0] == VICTIM}
 
 
 def kill_when_busy(pids: set[int], after_start: float, timeout: float) -> tuple[int, float]:
@@ -186,8 +191,13 @@ def test_killed_shard_replica_fails_no_request(ray_cluster, service: str, corpus
         replacement = new_replicas(first, timeout=150)
         second_victim, back_at = kill_when_busy(replacement, LOADING_S, timeout=60)
         second_killed_at = time.monotonic()
-        wait_for(lambda: bool(shard0_replicas() - first - replacement)
-                 and shard0_state() == {"RUNNING": 2}, 150, "both replicas replaced")  # fmt: skip
+        wait_for(
+            lambda: (
+                bool(shard0_replicas() - first - replacement) and shard0_state() == {"RUNNING": 2}
+            ),
+            150,
+            "both replicas replaced",
+        )
         recovered_at = time.monotonic()
         time.sleep(AFTER_RECOVERY_S)
     after = shard0_replicas()
@@ -198,12 +208,14 @@ def test_killed_shard_replica_fails_no_request(ray_cluster, service: str, corpus
     outage = [a for a in answers if killed_at <= a[0] < recovered_at]
     later = [a for a in answers if a[0] >= recovered_at]
     retries = retries_logged(session_dir) - retries_before
-    print(f"killed Shard0 replica pid {victim}; its replacement {second_victim} took requests "
-          f"{back_at - killed_at:.1f} s later and was killed {LOADING_S} s after; both replaced "
-          f"{recovered_at - second_killed_at:.1f} s later by {newest}; "
-          f"requests {len(answers)} ({answered_before} before the first kill, {len(outage)} sent "
-          f"until recovery, {len(later)} after), failed {len(failed)}, shard calls sent again "
-          f"{retries}")  # fmt: skip
+    print(
+        f"killed Shard0 replica pid {victim}; its replacement {second_victim} took requests "
+        f"{back_at - killed_at:.1f} s later and was killed {LOADING_S} s after; both replaced "
+        f"{recovered_at - second_killed_at:.1f} s later by {newest}; "
+        f"requests {len(answers)} ({answered_before} before the first kill, {len(outage)} sent "
+        f"until recovery, {len(later)} after), failed {len(failed)}, shard calls sent again "
+        f"{retries}"
+    )
 
     assert not failed, failed[:3]
     for _, query, _, body in answers:

@@ -29,8 +29,14 @@ DRIVER = Path(__file__).with_name("two_node_driver.py")
 
 def node_ports() -> list[str]:
     """Fresh ports for everything a node listens on, so nothing meets another cluster's defaults."""
-    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")  # fmt: skip
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    )
     return [f"--{name}={free_port()}" for name in names]
 
 
@@ -49,22 +55,52 @@ def two_nodes() -> Iterator[str]:
     # turn it on by itself, so every process here says so.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
     port = free_port()
-    common = ["--block", "--num-cpus=2", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-              f"--object-store-memory={200 * 1024**2}"]  # fmt: skip
-    head_args = ["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=true",
-                 "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
-                 f"--ray-client-server-port={free_port()}"]  # fmt: skip
+    common = [
+        "--block",
+        "--num-cpus=2",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        f"--object-store-memory={200 * 1024**2}",
+    ]
+    head_args = [
+        "--head",
+        f"--port={port}",
+        f"--temp-dir={temp}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+    ]
     nodes = []
     try:
         with open(temp / "head.log", "wb") as log:
-            nodes.append(subprocess.Popen([RAY, "start", *head_args, *common, *node_ports()], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+            nodes.append(
+                subprocess.Popen(
+                    [RAY, "start", *head_args, *common, *node_ports()],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         wait_for(lambda: accepts(port), 90, "the head node's GCS")
         with open(temp / "node_b.log", "wb") as log:
-            nodes.append(subprocess.Popen(
-                [RAY, "start", f"--address=127.0.0.1:{port}", '--resources={"node_b": 1}', *common, *node_ports()],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        RAY,
+                        "start",
+                        f"--address=127.0.0.1:{port}",
+                        '--resources={"node_b": 1}',
+                        *common,
+                        *node_ports(),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         yield f"127.0.0.1:{port}"
     finally:
         survivors = [pid for node in reversed(nodes) for pid in stop_process_tree(node)]
@@ -78,9 +114,20 @@ def test_train_encode_and_serve_span_both_nodes(
     result_path = tmp_path / "result.json"
     env = {**os.environ, "RAY_ADDRESS": two_nodes, "RAY_AUTH_MODE": "token"}
     done = subprocess.run(
-        [sys.executable, str(DRIVER), str(digits_folder), str(tmp_path), str(result_path), str(free_port())],
-        env=env, capture_output=True, text=True, timeout=500, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(DRIVER),
+            str(digits_folder),
+            str(tmp_path),
+            str(result_path),
+            str(free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(result_path.read_text())
     print("two-node stage seconds:", result["seconds"])

@@ -73,7 +73,8 @@ class Stopwatch:
 
 
 def main(corpus: str, out: str, result_path: str, http_port: int) -> None:
-    """Prepare, train, encode and serve on the cluster in ``RAY_ADDRESS``; write the placements as JSON."""
+    """Prepare, train, encode and serve on the cluster in ``RAY_ADDRESS``; write the placements as
+    JSON."""
     watch = Stopwatch()
     with watch("connect"):
         started_here = connect()
@@ -88,33 +89,50 @@ def main(corpus: str, out: str, result_path: str, http_port: int) -> None:
     data = f"{out}/data"
     with watch("prepare"):
         prepared = prepare("folder", data, path=corpus, mode="L", image_size=28, progress=False)
-    config = TrainConfig(data=data, recipe=Recipe(epochs=1, batch_size=32, val_fraction=0.15),
-                         out=f"{out}/runs", name="two-node", workers=2, cpus_per_worker=1.5,
-                         tracking_uri=f"sqlite:///{out}/mlflow.db")  # fmt: skip
+    config = TrainConfig(
+        data=data,
+        recipe=Recipe(epochs=1, batch_size=32, val_fraction=0.15),
+        out=f"{out}/runs",
+        name="two-node",
+        workers=2,
+        cpus_per_worker=1.5,
+        tracking_uri=f"sqlite:///{out}/mlflow.db",
+    )
     with watch("train"):
         trained = train(config, progress=False)
     # Both pool actors start before any batch is sent: 300 images are encoded before a late second
     # actor would be placed, and the test is about where the two actors run.
     ray.data.DataContext.get_current().wait_for_min_actors_s = 120
     with watch("encode"):
-        encoded = encode(data, trained["model_dir"], f"{out}/codes", num_actors=2, actor_cpus=0.5,
-                         progress=False)  # fmt: skip
+        encoded = encode(
+            data, trained["model_dir"], f"{out}/codes", num_actors=2, actor_cpus=0.5, progress=False
+        )
 
     # Serve: the proxy on the head only (both "nodes" share this machine's ports).
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
     with watch("serve_deploy"):
-        serve.run(build_app(ServeArgs(codes=f"{out}/codes/database", shards=2, replicas=2, cpus=0.25)),
-                  name=APP_NAME, route_prefix="/")  # fmt: skip
+        serve.run(
+            build_app(ServeArgs(codes=f"{out}/codes/database", shards=2, replicas=2, cpus=0.25)),
+            name=APP_NAME,
+            route_prefix="/",
+        )
     database = pq.read_table(f"{out}/codes/database")
     ids = database["id"].to_pylist()
     codes = np.frombuffer(b"".join(database["code"].to_pylist()), np.uint8).reshape(len(ids), -1)
     searches = []
     for row in (0, len(ids) // 2, len(ids) - 1):
-        answer = requests.post(f"http://127.0.0.1:{http_port}/search",
-                               json={"code": codes[row].tobytes().hex(), "k": 10}, timeout=60)  # fmt: skip
+        answer = requests.post(
+            f"http://127.0.0.1:{http_port}/search",
+            json={"code": codes[row].tobytes().hex(), "k": 10},
+            timeout=60,
+        )
         answer.raise_for_status()
-        searches.append({"got": [[h["id"], h["distance"]] for h in answer.json()["results"]],
-                         "expected": brute_force_top_k(codes, ids, codes[row], 10)})  # fmt: skip
+        searches.append(
+            {
+                "got": [[h["id"], h["distance"]] for h in answer.json()["results"]],
+                "expected": brute_force_top_k(codes, ids, codes[row], 10),
+            }
+        )
     shards = {f"Shard{i}": actor_nodes(f"ServeReplica:{APP_NAME}:Shard{i}") for i in range(2)}
     serve.shutdown()
 

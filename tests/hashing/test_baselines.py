@@ -1,4 +1,5 @@
-"""hashing.baselines: LSH and ITQ on sklearn's digits (a tiny real set) and their defining properties."""
+"""hashing.baselines: LSH and ITQ on sklearn's digits (a tiny real set) and their defining
+properties."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_lsh_hamming_distance_estimates_the_angle():
 
 
 def test_itq_projects_on_the_top_principal_components(digits):
-    """ITQ's projection spans sklearn's PCA subspace and is orthonormal (PCA basis times a rotation)."""
+    """ITQ's projection spans sklearn's PCA subspace and is orthonormal (PCA basis times a
+    rotation)."""
     _, _, db, _ = digits
     itq = ITQ(16, seed=0).fit(db)
     projection = itq.projection

@@ -1,4 +1,5 @@
-"""`hashing/` stays a plain PyTorch library: no Ray, MLflow, web or CLI imports, no fixed devices."""
+"""`hashing/` stays a plain PyTorch library: no Ray, MLflow, web or CLI imports, no fixed
+devices."""
 
 from __future__ import annotations
 

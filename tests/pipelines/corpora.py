@@ -43,8 +43,12 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def cifar_pickle(data: np.ndarray, labels: list[int], *, protocol: int, numpy1: bool) -> bytes:
     """A batch as CIFAR-10 ships it: a dict with bytes keys, ``data`` uint8 (n, 3072)."""
-    batch = {b"batch_label": b"test batch", b"labels": labels, b"data": data,
-             b"filenames": [f"img{i}.png".encode() for i in range(len(labels))]}  # fmt: skip
+    batch = {
+        b"batch_label": b"test batch",
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img{i}.png".encode() for i in range(len(labels))],
+    }
     raw = pickle.dumps(batch, protocol=protocol)
     if numpy1:  # the published files: protocol 2 by NumPy 1, whose module was numpy.core
         assert protocol == 2  # text GLOBAL opcodes, so renaming the module keeps the pickle valid
@@ -76,7 +80,8 @@ def write_cifar(folder: Path, sizes: dict[str, int], seed: int) -> dict[str, tup
 
 
 def write_nuswide(root: Path, seed: int) -> dict:
-    """A NUS-WIDE layout with 25 concepts whose frequencies all differ (concept j: 50 - 2j images)."""
+    """A NUS-WIDE layout with 25 concepts whose frequencies all differ (concept j: 50 - 2j
+    images)."""
     rng = np.random.default_rng(seed)
     concepts = [f"concept{k:02d}" for k in rng.permutation(25)]  # frequency order != name order
     n = 60

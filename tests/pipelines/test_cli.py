@@ -92,8 +92,9 @@ def test_config_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_model(path: Path) -> None:
     recipe = load_train_config(path, "data/x").recipe
-    model = models.build(recipe.backbone, bits=recipe.bits, in_channels=1,
-                         shift_average=recipe.shift_average)  # fmt: skip
+    model = models.build(
+        recipe.backbone, bits=recipe.bits, in_channels=1, shift_average=recipe.shift_average
+    )
     losses.build(recipe.method, bits=recipe.bits, num_classes=10, **recipe.loss_params)
     assert model.embed(torch.zeros(2, 1, 28, 28)).shape == (2, recipe.bits)
 

@@ -27,9 +27,13 @@ def test_local_cluster_workers_run_at_nice_zero_unless_told(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_worker_niceness")}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**env, **environment},
-        capture_output=True, text=True, timeout=150, check=True,
-    )  # fmt: skip
+        [sys.executable, "-c", PROBE],
+        env={**env, **environment},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=True,
+    )
     started, niceness = done.stdout.split()[-2:]
     assert started == "True"
     assert int(niceness) == expected + os.nice(0)

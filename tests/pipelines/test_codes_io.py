@@ -1,4 +1,5 @@
-"""Codes directories: round trip, manifest, refusal of half-written output, checksum verification."""
+"""Codes directories: round trip, manifest, refusal of half-written output, checksum
+verification."""
 
 from __future__ import annotations
 
@@ -40,8 +41,13 @@ def _write(directory, n=50, sizes=(20, 20, 10), **kwargs):
         codes_table(ids[a:b], codes[a:b], labels=labels[a:b], embeddings=emb[a:b])
         for a, b in itertools.pairwise(bounds)
     ]
-    meta = {"method": "adsh", "model_uri": "runs:/abc/model", "model_version": "7",
-            "created_at": "2024-01-01T00:00:00+00:00", "mlflow_run_id": None}  # fmt: skip
+    meta = {
+        "method": "adsh",
+        "model_uri": "runs:/abc/model",
+        "model_version": "7",
+        "created_at": "2024-01-01T00:00:00+00:00",
+        "mlflow_run_id": None,
+    }
     manifest = write_codes(str(directory), parts, bits=BITS, metadata=meta, **kwargs)
     return manifest, (ids, codes, labels, emb)
 
@@ -55,8 +61,13 @@ def test_round_trip_keeps_every_column_metadata_and_manifest(tmp_path):
     assert [row.tolist() for row in got.labels] == labels
     np.testing.assert_array_equal(got.embeddings, emb)
     assert got.bits == BITS and len(got) == 50
-    assert got.metadata == {"method": "adsh", "model_uri": "runs:/abc/model", "model_version": "7",
-                            "created_at": "2024-01-01T00:00:00+00:00", "bits": "24"}  # fmt: skip
+    assert got.metadata == {
+        "method": "adsh",
+        "model_uri": "runs:/abc/model",
+        "model_version": "7",
+        "created_at": "2024-01-01T00:00:00+00:00",
+        "bits": "24",
+    }
 
     on_disk = json.loads((tmp_path / "codes" / MANIFEST).read_text())
     assert on_disk == manifest.to_dict() and on_disk["rows"] == 50 and on_disk["bits"] == BITS
@@ -125,9 +136,11 @@ def test_write_refuses_bad_code_width_and_mixed_part_schemas(tmp_path):
 
 def test_codes_multi_hot_uses_declared_num_classes(tmp_path):
     write_codes(
-        str(tmp_path), [codes_table(["a", "b"], np.zeros((2, 3), np.uint8), labels=[[0, 2], []])],
-        bits=24, metadata={"num_classes": 6},
-    )  # fmt: skip
+        str(tmp_path),
+        [codes_table(["a", "b"], np.zeros((2, 3), np.uint8), labels=[[0, 2], []])],
+        bits=24,
+        metadata={"num_classes": 6},
+    )
     got = read_codes(str(tmp_path)).multi_hot()
     np.testing.assert_array_equal(got, [[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
 

@@ -14,8 +14,15 @@ from pipelines import cli
 
 HASHRAY = Path(sys.executable).parent / "hashray"
 # Lines that only Ray (or MLflow) writes; none may reach a user who did not ask with --verbose.
-RAY_CHATTER = ("Token authentication", "streaming_executor", "logging_progress", "(raylet)",
-               " pid=", "core_worker", "INFO")  # fmt: skip
+RAY_CHATTER = (
+    "Token authentication",
+    "streaming_executor",
+    "logging_progress",
+    "(raylet)",
+    " pid=",
+    "core_worker",
+    "INFO",
+)
 
 
 def test_native_stderr_goes_to_the_log_file_and_python_stderr_stays(tmp_path: Path) -> None:

@@ -24,25 +24,44 @@ from pipelines.contracts import (
 from pipelines.dataset import PreparedDataset
 
 CARD = {
-    "backbone": "smallcnn", "bits": 16, "in_channels": 1, "shift_average": False,
-    "has_rotation": False, "method": "adsh", "image": {"height": 28, "width": 28, "channels": 1},
-    "mean": 0.5, "std": 0.5, "classes": ["0", "1"], "dataset": "mnist5k",
-    "model_version": "abc123", "mlflow_run_id": "abc123", "best_epoch": 3,
-    "best_val_map": 0.91, "rotation": "none", "pretrain_epochs": 0,
-}  # fmt: skip
+    "backbone": "smallcnn",
+    "bits": 16,
+    "in_channels": 1,
+    "shift_average": False,
+    "has_rotation": False,
+    "method": "adsh",
+    "image": {"height": 28, "width": 28, "channels": 1},
+    "mean": 0.5,
+    "std": 0.5,
+    "classes": ["0", "1"],
+    "dataset": "mnist5k",
+    "model_version": "abc123",
+    "mlflow_run_id": "abc123",
+    "best_epoch": 3,
+    "best_val_map": 0.91,
+    "rotation": "none",
+    "pretrain_epochs": 0,
+}
 DATASET = {
-    "name": "tiny", "source": "folder", "source_path": "/corpus", "protocol": "random", "seed": 0,
-    "classes": ["a", "b"], "multi_label": False,
+    "name": "tiny",
+    "source": "folder",
+    "source_path": "/corpus",
+    "protocol": "random",
+    "seed": 0,
+    "classes": ["a", "b"],
+    "multi_label": False,
     "image": {"height": 8, "width": 8, "channels": 1, "mode": "L", "format": "png"},
     "splits": {
         "train": {"rows": 6, "files": ["train/part-00000.parquet"]},
         "query": {"rows": 2, "files": ["query/part-00000.parquet"]},
         "database": {"same_as": "train"},
     },
-    "counts": {"input": 9, "kept": 8, "skipped": 1}, "skipped_reasons": {"empty image": 1},
+    "counts": {"input": 9, "kept": 8, "skipped": 1},
+    "skipped_reasons": {"empty image": 1},
     "skipped": [{"id": "x.png", "source": "/corpus/x.png", "reason": "empty image"}],
-    "created_at": "2024-01-01T00:00:00+00:00", "source_options": {},
-}  # fmt: skip
+    "created_at": "2024-01-01T00:00:00+00:00",
+    "source_options": {},
+}
 
 
 def _write_card(directory: Path, document: dict) -> Path:

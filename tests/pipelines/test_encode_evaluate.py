@@ -1,4 +1,5 @@
-"""encode (real local Ray) -> codes equal to a direct computation; evaluate -> report, plots, MLflow.
+"""encode (real local Ray) -> codes equal to a direct computation; evaluate -> report, plots,
+MLflow.
 
 The prepared dataset is built here with pyarrow + PIL following the contract (not with prepare),
 and the reference codes come from the model run in the test and packed bit by bit by hand.
@@ -31,7 +32,8 @@ EPOCH, EPOCH_ISO = "1700000000", "2023-11-14T22:13:20+00:00"
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """60 random grey 28x28 PNGs in 3 classes: 15 queries, 45 train in two files, database = train."""
+    """60 random grey 28x28 PNGs in 3 classes: 15 queries, 45 train in two files,
+    database = train."""
     root = tmp_path_factory.mktemp("prepared")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(60, SIDE, SIDE), dtype=np.uint8)
@@ -45,28 +47,43 @@ def prepared(tmp_path_factory):
 
     def write(split, name, rows):
         (root / split).mkdir(exist_ok=True)
-        table = pa.table({
-            "id": pa.array([ids[i] for i in rows], pa.string()),
-            "image": pa.array([png(images[i]) for i in rows], pa.binary()),
-            "labels": pa.array([[int(labels[i])] for i in rows], pa.list_(pa.int32())),
-            "source": pa.array([f"/corpus/{ids[i]}" for i in rows], pa.string()),
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "id": pa.array([ids[i] for i in rows], pa.string()),
+                "image": pa.array([png(images[i]) for i in rows], pa.binary()),
+                "labels": pa.array([[int(labels[i])] for i in rows], pa.list_(pa.int32())),
+                "source": pa.array([f"/corpus/{ids[i]}" for i in rows], pa.string()),
+            }
+        )
         pq.write_table(table, root / split / name)
         return f"{split}/{name}"
 
     meta = {
-        "name": "tiny", "source": "folder", "source_path": "/corpus", "protocol": "random",
-        "seed": 0, "classes": ["a", "b", "c"], "multi_label": False,
+        "name": "tiny",
+        "source": "folder",
+        "source_path": "/corpus",
+        "protocol": "random",
+        "seed": 0,
+        "classes": ["a", "b", "c"],
+        "multi_label": False,
         "image": {"height": SIDE, "width": SIDE, "channels": 1, "mode": "L", "format": "png"},
         "splits": {
             "query": {"rows": 15, "files": [write("query", "part-00000.parquet", range(15))]},
-            "train": {"rows": 45, "files": [write("train", "part-00000.parquet", range(15, 38)),
-                                            write("train", "part-00001.parquet", range(38, 60))]},
+            "train": {
+                "rows": 45,
+                "files": [
+                    write("train", "part-00000.parquet", range(15, 38)),
+                    write("train", "part-00001.parquet", range(38, 60)),
+                ],
+            },
             "database": {"same_as": "train"},
         },
-        "counts": {"input": 60, "kept": 60, "skipped": 0}, "skipped_reasons": {}, "skipped": [],
-        "created_at": EPOCH_ISO, "source_options": {},
-    }  # fmt: skip
+        "counts": {"input": 60, "kept": 60, "skipped": 0},
+        "skipped_reasons": {},
+        "skipped": [],
+        "created_at": EPOCH_ISO,
+        "source_options": {},
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     by_id = {ids[i]: (images[i], int(labels[i])) for i in range(60)}
     return {"dir": root, "by_id": by_id, "query": sorted(ids[:15]), "train": sorted(ids[15:])}
@@ -103,7 +120,8 @@ def model_dir(tmp_path_factory, mlflow_store):
 
 
 def reference(model_dir, images):
-    """Outputs (n x bits) of the saved model on uint8 images (n x H x W), and their codes packed by hand."""
+    """Outputs (n x bits) of the saved model on uint8 images (n x H x W), and their codes packed by
+    hand."""
     model, _ = load_for_inference(str(model_dir))
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     outputs = model.embed((x - 0.5) / 0.5).numpy()
@@ -122,8 +140,14 @@ def encoded(ray_cluster, prepared, model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("codes")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        summary = encode(str(prepared["dir"]), str(model_dir), str(out), batch_size=16, progress=False,
-                         rows_per_file=20)  # fmt: skip
+        summary = encode(
+            str(prepared["dir"]),
+            str(model_dir),
+            str(out),
+            batch_size=16,
+            progress=False,
+            rows_per_file=20,
+        )
     return out, summary
 
 
@@ -132,8 +156,11 @@ def encoded(ray_cluster, prepared, model_dir, tmp_path_factory):
 def test_encode_writes_the_codes_of_every_id_once(encoded, prepared, model_dir, mlflow_store):
     out, summary = encoded
     assert summary["splits"]["query"]["rows"] == 15 and summary["splits"]["database"]["rows"] == 45
-    assert summary["splits"]["database"]["files"] == ["part-00000.parquet", "part-00001.parquet",
-                                                      "part-00002.parquet"]  # fmt: skip
+    assert summary["splits"]["database"]["files"] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert summary["images"] == 60 and summary["bits"] == BITS
     for split, expected_ids in (("query", prepared["query"]), ("database", prepared["train"])):
         codes = read_codes(str(out / split), verify=True)
@@ -146,10 +173,17 @@ def test_encode_writes_the_codes_of_every_id_once(encoded, prepared, model_dir, 
         ]
         assert codes.embeddings is None
         assert codes.metadata == {
-            "bits": str(BITS), "method": "adsh", "model_uri": str(model_dir), "model_version": "v1",
-            "mlflow_run_id": mlflow_store["run_id"], "created_at": EPOCH_ISO, "protocol": "random",
-            "dataset": "tiny", "num_classes": "3", "split": split,
-        }  # fmt: skip
+            "bits": str(BITS),
+            "method": "adsh",
+            "model_uri": str(model_dir),
+            "model_version": "v1",
+            "mlflow_run_id": mlflow_store["run_id"],
+            "created_at": EPOCH_ISO,
+            "protocol": "random",
+            "dataset": "tiny",
+            "num_classes": "3",
+            "split": split,
+        }
 
 
 @pytest.mark.ray
@@ -174,7 +208,8 @@ def test_encode_reruns_identically_and_redoes_an_interrupted_split(
         progress=False,
         rows_per_file=20,
     )
-    # The re-run (other batch size) redoes the broken split and rewrites both with the same names and bytes.
+    # The re-run (other batch size) redoes the broken split and rewrites both with the same names
+    # and bytes.
     assert {split: _files(out / split) for split in ("query", "database")} == before
 
 
@@ -191,8 +226,14 @@ def test_evaluate_matches_hashing_metrics_and_logs_to_mlflow(
     def one_hot(ids):
         return np.eye(CLASSES, dtype=np.uint8)[[prepared["by_id"][i][1] for i in ids]]
 
-    expected = metrics.retrieval_report(q_codes, db_codes, one_hot(query_ids), one_hot(db_ids),
-                                        db_ids=np.array(db_ids, dtype=object), radius=2)  # fmt: skip
+    expected = metrics.retrieval_report(
+        q_codes,
+        db_codes,
+        one_hot(query_ids),
+        one_hot(db_ids),
+        db_ids=np.array(db_ids, dtype=object),
+        radius=2,
+    )
 
     report = evaluate(str(out), tracking_uri=mlflow_store["uri"])  # run id from the codes metadata
 
@@ -232,8 +273,14 @@ def test_evaluate_matches_hashing_metrics_and_logs_to_mlflow(
 def test_evaluate_explicit_dirs_with_a_cutoff(encoded, mlflow_store, tmp_path):
     out, _ = encoded
     q, db = read_codes(str(out / "query")), read_codes(str(out / "database"))
-    report = evaluate(queries=str(out / "query"), database=str(out / "database"), out=str(tmp_path),
-                      topk=10, radius=1, tracking_uri=mlflow_store["uri"])  # fmt: skip
+    report = evaluate(
+        queries=str(out / "query"),
+        database=str(out / "database"),
+        out=str(tmp_path),
+        topk=10,
+        radius=1,
+        tracking_uri=mlflow_store["uri"],
+    )
 
     expected = metrics.mean_average_precision(
         q.codes, db.codes, q.multi_hot(), db.multi_hot(), topk=10

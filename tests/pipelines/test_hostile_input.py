@@ -35,12 +35,17 @@ def png_bomb() -> bytes:
         )
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def hostile_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """Class folders a/ and b/ full of trouble: {file: reason} for the bad, {file: RGB} for the good.
+    """Class folders a/ and b/ full of trouble: {file: reason} for the bad, {file: RGB} for the
+    good.
 
     Good images are SIDE x SIDE (or 1 x 1), so the expected pixels need no resampling.
     """
@@ -59,9 +64,15 @@ def hostile_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
         "a/bomb.png": png_bomb(),
         "zzz/other.png": png,  # a folder that is not in the class list
     }
-    reasons = {"a/zero.png": "empty file", "a/cut.jpg": "truncated", "a/cut.png": "truncated",
-               "a/noise.jpg": "not an image", "a/notes.png": "not an image",
-               "a/bomb.png": "too many pixels", "zzz/other.png": "unknown class"}  # fmt: skip
+    reasons = {
+        "a/zero.png": "empty file",
+        "a/cut.jpg": "truncated",
+        "a/cut.png": "truncated",
+        "a/noise.jpg": "not an image",
+        "a/notes.png": "not an image",
+        "a/bomb.png": "too many pixels",
+        "zzz/other.png": "unknown class",
+    }
 
     grey = rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8)
     rgba = rng.integers(0, 256, (SIDE, SIDE, 4), dtype=np.uint8)
@@ -81,22 +92,36 @@ def hostile_corpus(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     good = {
         "a/plain.png": (png, rgb),
         "a/grey.png": (encoded(Image.fromarray(grey), "PNG"), np.repeat(grey[:, :, None], 3, 2)),
-        "a/rgba.png": (encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
-                       np.where(rgba[:, :, 3:] == 0, white, rgba[:, :, :3])),
-        "a/la.png": (encoded(Image.fromarray(la, "LA"), "PNG"),
-                     np.repeat(np.where(la[:, :, 1] == 0, white, grey)[:, :, None], 3, 2)),
-        "b/palette.png": (encoded(paletted, "PNG", transparency=0),
-                          np.where((index == 0)[:, :, None], white, palette[index])),
-        "b/cmyk.jpg": (encoded(Image.new("CMYK", (SIDE, SIDE), (0, 0, 0, 0)), "JPEG"),
-                       np.full((SIDE, SIDE, 3), white)),
-        "b/deep.png": (encoded(Image.fromarray(deep), "PNG"),
-                       np.repeat(np.rint(deep / 257.0)[:, :, None], 3, 2)),
-        "b/anim.gif": (encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
-                       np.full((SIDE, SIDE, 3), 10)),
-        "b/rotated.jpg": (encoded(Image.fromarray(upright), "JPEG", quality=95, exif=exif),
-                          np.repeat(np.rot90(upright, k=-1)[:, :, None], 3, 2)),
+        "a/rgba.png": (
+            encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
+            np.where(rgba[:, :, 3:] == 0, white, rgba[:, :, :3]),
+        ),
+        "a/la.png": (
+            encoded(Image.fromarray(la, "LA"), "PNG"),
+            np.repeat(np.where(la[:, :, 1] == 0, white, grey)[:, :, None], 3, 2),
+        ),
+        "b/palette.png": (
+            encoded(paletted, "PNG", transparency=0),
+            np.where((index == 0)[:, :, None], white, palette[index]),
+        ),
+        "b/cmyk.jpg": (
+            encoded(Image.new("CMYK", (SIDE, SIDE), (0, 0, 0, 0)), "JPEG"),
+            np.full((SIDE, SIDE, 3), white),
+        ),
+        "b/deep.png": (
+            encoded(Image.fromarray(deep), "PNG"),
+            np.repeat(np.rint(deep / 257.0)[:, :, None], 3, 2),
+        ),
+        "b/anim.gif": (
+            encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+            np.full((SIDE, SIDE, 3), 10),
+        ),
+        "b/rotated.jpg": (
+            encoded(Image.fromarray(upright), "JPEG", quality=95, exif=exif),
+            np.repeat(np.rot90(upright, k=-1)[:, :, None], 3, 2),
+        ),
         "b/dot.png": (encoded(Image.new("L", (1, 1), 77), "PNG"), np.full((SIDE, SIDE, 3), 77)),
-    }  # fmt: skip
+    }
     for name, data in {**bad, **{k: v[0] for k, v in good.items()}}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
@@ -115,8 +140,14 @@ def check_kept(rows: list[dict], expected: dict[str, np.ndarray]) -> None:
 
 def test_every_hostile_file_in_a_folder(ray_cluster, tmp_path):
     reasons, expected = hostile_corpus(tmp_path / "corpus")
-    meta = prepare("folder", str(tmp_path / "out"), path=str(tmp_path / "corpus"),
-                   classes=["a", "b"], image_size=SIDE, progress=False)  # fmt: skip
+    meta = prepare(
+        "folder",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "corpus"),
+        classes=["a", "b"],
+        image_size=SIDE,
+        progress=False,
+    )
     assert {row["id"]: row["reason"] for row in meta["skipped"]} == reasons
     total = len(reasons) + len(expected)
     assert meta["counts"] == {"input": total, "kept": len(expected), "skipped": len(reasons)}
@@ -130,13 +161,23 @@ def test_every_hostile_file_in_a_manifest(ray_cluster, tmp_path):
     reasons, expected = hostile_corpus(tmp_path / "corpus")
     listed = [name for name in [*reasons, *expected] if not name.startswith("zzz/")]
     lines = [{"path": name, "labels": [name[0]]} for name in listed]
-    lines += [{"path": "a/never-written.png", "labels": ["a"]},
-              {"path": "zzz/other.png", "labels": ["zzz"]}]  # fmt: skip
+    lines += [
+        {"path": "a/never-written.png", "labels": ["a"]},
+        {"path": "zzz/other.png", "labels": ["zzz"]},
+    ]
     manifest = tmp_path / "corpus" / "list.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    meta = prepare("manifest", str(tmp_path / "out"), path=str(manifest), classes=["a", "b"],
-                   image_size=SIDE, progress=False)  # fmt: skip
+    meta = prepare(
+        "manifest",
+        str(tmp_path / "out"),
+        path=str(manifest),
+        classes=["a", "b"],
+        image_size=SIDE,
+        progress=False,
+    )
     assert {row["id"]: row["reason"] for row in meta["skipped"]} == {
-        **reasons, "a/never-written.png": "missing file", "zzz/other.png": "unknown label 'zzz'",
-    }  # fmt: skip
+        **reasons,
+        "a/never-written.png": "missing file",
+        "zzz/other.png": "unknown label 'zzz'",
+    }
     check_kept(kept_rows(tmp_path / "out", meta), expected)

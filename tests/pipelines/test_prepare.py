@@ -1,4 +1,5 @@
-"""hashray prepare on a real local Ray cluster: every corpus kind, read back with plain pyarrow/PIL."""
+"""hashray prepare on a real local Ray cluster: every corpus kind, read back with plain
+pyarrow/PIL."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def test_prepared_dataset_reader(mnist5k_runs, tmp_path):
         PreparedDataset.open(str(tmp_path / "nothing-here"))
 
 
-# --- a folder corpus with corrupt files -------------------------------------------------------------
+# --- a folder corpus with corrupt files -----------------------------------------------------------
 
 
 def write_image(path: Path, pixels_: np.ndarray, fmt: str) -> None:
@@ -193,12 +194,13 @@ def test_folder_keeps_good_images_and_lists_bad_ones(ray_cluster, tmp_path, monk
     assert train.column("id").to_pylist() == sorted(train.column("id").to_pylist())
 
 
-# --- manifests: CSV and JSONL, multi-label, a missing file ------------------------------------------
+# --- manifests: CSV and JSONL, multi-label, a missing file ----------------------------------------
 
 
 @pytest.fixture(scope="module")
 def manifest_corpus(tmp_path_factory):
-    """12 images with 1-2 labels each, listed by a CSV and a JSONL manifest that also name a missing file."""
+    """12 images with 1-2 labels each, listed by a CSV and a JSONL manifest that also name a missing
+    file."""
     root = tmp_path_factory.mktemp("manifest")
     rng = np.random.default_rng(2)
     names = ["bird", "cat", "dog"]
@@ -316,7 +318,7 @@ def test_mnist_idx_files_with_the_official_split(ray_cluster, tmp_path):
         prepare("mnist5k", str(tmp_path / "bad"), protocol="mnist-full", progress=False)
 
 
-# --- S3 in and out (moto's server: pyarrow's S3 client cannot see moto's in-process mock) ----------
+# --- S3 in and out (moto's server: pyarrow's S3 client cannot see moto's in-process mock) ---------
 
 
 def test_folder_and_manifest_on_s3(ray_cluster, s3_bucket, tmp_path):

@@ -15,9 +15,10 @@ per image; measured here +17 MB for 10 N vs N (about 2.4 KB per listed file, tra
 the listing). Tolerances: 40 MB for the driver and for the largest other process. The sum over the
 tree is reported but not bounded: with N images fewer tasks overlap than with 10 N, so the peak
 of the sum grows with how many workers are busy at once, not with the corpus (measured: +83 to
-+97 MB over the same 14 processes, while no process but the driver grew by more than 2 MB). Block and part sizes are pinned in the child, so both
-runs use the same ones (by default they grow with the corpus up to a fixed cap, which is bounded
-too, but would give the small run smaller blocks than the large one).
++97 MB over the same 14 processes, while no process but the driver grew by more than 2 MB).
+Block and part sizes are pinned in the child, so both runs use the same ones (by default they grow
+with the corpus up to a fixed cap, which is bounded too, but would give the small run smaller
+blocks than the large one).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _private_pss(pid: int) -> int:
 
 
 def _measured(work: Callable[[], dict]) -> tuple[dict, list[int]]:
-    """work() and peaks during it: private PSS of [driver, largest other process, tree], processes."""
+    """work() and peaks during it: private PSS of [driver, largest other process, tree],
+    processes."""
     peaks, stop = [0, 0, 0, 0], threading.Event()
 
     def sample() -> None:
@@ -153,8 +155,13 @@ def _child(small: str, large: str, out: str) -> None:
 
     source_rows.MIN_ROWS_PER_BLOCK = source_rows.ROWS_PER_BLOCK = 200
     prepare_module.TARGET_PART_BYTES = 2 * 1024**2
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+    ray.init(
+        num_cpus=4,
+        object_store_memory=300 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     def run(corpus: str) -> dict:
@@ -164,12 +171,19 @@ def _child(small: str, large: str, out: str) -> None:
     results = []
     for corpus in (small, large):
         meta, (driver, process, tree, processes) = _measured(lambda corpus=corpus: run(corpus))
-        results.append({"kept": meta["counts"]["kept"], "driver_peak_pss": driver,
-                        "process_peak_pss": process, "tree_peak_pss": tree,
-                        "processes": processes})  # fmt: skip
+        results.append(
+            {
+                "kept": meta["counts"]["kept"],
+                "driver_peak_pss": driver,
+                "process_peak_pss": process,
+                "tree_peak_pss": tree,
+                "processes": processes,
+            }
+        )
     # Read back only now: loading Parquet between the runs would raise the second one's baseline.
-    files = {Path(out) / name for split in meta["splits"].values()
-             for name in split.get("files", [])}  # fmt: skip
+    files = {
+        Path(out) / name for split in meta["splits"].values() for name in split.get("files", [])
+    }
     results[-1]["image_bytes"] = sum(
         sum(len(x) for x in pq.read_table(f, columns=["image"]).column(0).to_pylist())
         for f in files

@@ -65,10 +65,12 @@ def local_corpora(root: Path) -> dict[str, tuple[str, Path, dict]]:
     write_cifar(root / "cifar", {name: 12 for name in CIFAR_BATCHES}, seed=12)
     write_nuswide(root / "nus", seed=13)
     rng = np.random.default_rng(14)
-    table = pa.table({
-        "png": [random_png(rng, 5) for _ in range(20)] + [b"\x89PNG\r\n\x1a\n"],
-        "label": [f"l{i % 2}" for i in range(21)],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "png": [random_png(rng, 5) for _ in range(20)] + [b"\x89PNG\r\n\x1a\n"],
+            "label": [f"l{i % 2}" for i in range(21)],
+        }
+    )
     (root / "table").mkdir()
     pq.write_table(table, root / "table" / "part-0.parquet", row_group_size=6)
     for label in ("p", "q"):
@@ -87,11 +89,14 @@ def local_corpora(root: Path) -> dict[str, tuple[str, Path, dict]]:
     return {
         "cifar10": ("cifar10", root / "cifar", {"protocol": "random"}),
         "nuswide": ("nuswide", root / "nus", {"protocol": "random", "image_size": 8}),
-        "parquet": ("parquet", root / "table", {"image_size": 5, "source_options": {
-            "image_column": "png", "labels_column": "label"}}),
+        "parquet": (
+            "parquet",
+            root / "table",
+            {"image_size": 5, "source_options": {"image_column": "png", "labels_column": "label"}},
+        ),
         "folder": ("folder", root / "folder", {"image_size": 6}),
         "webdataset": ("webdataset", root / "shards", {"image_size": 5}),
-    }  # fmt: skip
+    }
 
 
 def test_every_format_reads_the_same_from_s3(ray_cluster, s3_bucket, tmp_path):
@@ -111,8 +116,10 @@ def test_every_format_reads_the_same_from_s3(ray_cluster, s3_bucket, tmp_path):
         assert len(rows) == local["counts"]["kept"] > 0
         for theirs, ours in zip(rows, local_rows):
             assert (theirs["id"], theirs["labels"], theirs["image"]) == (
-                ours["id"], ours["labels"], ours["image"]
-            )  # fmt: skip
+                ours["id"],
+                ours["labels"],
+                ours["image"],
+            )
             assert theirs["source"].startswith(f"{uri}/")
         if name == "parquet":
             assert skipped == [("part-0.parquet#20", "not an image")]
@@ -126,8 +133,9 @@ def test_unreadable_and_vanishing_objects_cost_one_row(ray_cluster, s3_bucket, m
         for i in range(4):
             s3_bucket.put_object(Bucket=BUCKET, Key=f"set/{label}/{i}.png", Body=random_png(rng, 4))
     # An object archived to Glacier is listed like any other, but reading it is refused (403).
-    s3_bucket.put_object(Bucket=BUCKET, Key="set/b/archived.png", Body=random_png(rng, 4),
-                         StorageClass="GLACIER")  # fmt: skip
+    s3_bucket.put_object(
+        Bucket=BUCKET, Key="set/b/archived.png", Body=random_png(rng, 4), StorageClass="GLACIER"
+    )
     s3_bucket.put_object(Bucket=BUCKET, Key="set/a/vanishing.png", Body=random_png(rng, 4))
     listed = prepare_module.read_source
 
@@ -137,8 +145,9 @@ def test_unreadable_and_vanishing_objects_cost_one_row(ray_cluster, s3_bucket, m
         return corpus
 
     monkeypatch.setattr(prepare_module, "read_source", list_then_delete)
-    meta = prepare("folder", f"s3://{BUCKET}/out", path=f"s3://{BUCKET}/set", image_size=4,
-                   progress=False)  # fmt: skip
+    meta = prepare(
+        "folder", f"s3://{BUCKET}/out", path=f"s3://{BUCKET}/set", image_size=4, progress=False
+    )
     assert [(row["source"], row["reason"]) for row in meta["skipped"]] == [
         (f"s3://{BUCKET}/set/a/vanishing.png", "missing file"),
         (f"s3://{BUCKET}/set/b/archived.png", "unreadable"),
@@ -164,12 +173,16 @@ def test_prepare_then_encode_through_s3(ray_cluster, s3_bucket, tmp_path, monkey
     torch.manual_seed(0)
     model = build("smallcnn", bits=16, in_channels=3)
     save_model_dir(model.eval(), tmp_path / "model", side=32, classes=meta["classes"])
-    summary = encode(prepared, str(tmp_path / "model"), f"s3://{BUCKET}/codes", batch_size=16,
-                     progress=False)  # fmt: skip
+    summary = encode(
+        prepared, str(tmp_path / "model"), f"s3://{BUCKET}/codes", batch_size=16, progress=False
+    )
     assert summary["images"] == 60
 
-    raw = {f"cifar10-{name}-{i:05d}": data[i] for name, (data, _) in written.items()
-           for i in range(len(data))}  # fmt: skip
+    raw = {
+        f"cifar10-{name}-{i:05d}": data[i]
+        for name, (data, _) in written.items()
+        for i in range(len(data))
+    }
     for split, prefix in (("query", "cifar10-test_batch-"), ("database", "cifar10-data_batch_")):
         codes = read_codes(f"s3://{BUCKET}/codes/{split}", verify=True)
         ids = sorted(i for i in raw if i.startswith(prefix))

@@ -62,13 +62,21 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_version(path: Path, items: dict[str, bytes], *, bits: int = BITS,
-                  model_version: str = MODEL_VERSION, parts: int = 2) -> str:  # fmt: skip
+def write_version(
+    path: Path,
+    items: dict[str, bytes],
+    *,
+    bits: int = BITS,
+    model_version: str = MODEL_VERSION,
+    parts: int = 2,
+) -> str:
     """A codes directory of ``items`` (id -> packed code), rows shuffled, over ``parts`` files."""
     order = np.random.default_rng(len(items)).permutation(sorted(items))
     codes = np.frombuffer(b"".join(items[i] for i in order), dtype=np.uint8).reshape(len(order), -1)
-    tables = [codes_table(list(order[rows]), codes[rows])
-              for rows in np.array_split(np.arange(len(order)), parts)]  # fmt: skip
+    tables = [
+        codes_table(list(order[rows]), codes[rows])
+        for rows in np.array_split(np.arange(len(order)), parts)
+    ]
     write_codes(
         str(path), tables, bits=bits, metadata={"model_version": model_version, "method": "adsh"}
     )
@@ -96,12 +104,17 @@ def corpus(tmp_path_factory):
     a |= tied_codes(rng, "r-", 420, distinct=24, nbytes=BITS // 8)
     b = tied_codes(rng, "b-", 300, distinct=40, nbytes=BITS // 8)
     return {
-        "model_dir": str(root / "model"), "model": model, "images": images, "a": a, "b": b,
-        "dir_a": write_version(root / "a", a), "dir_b": write_version(root / "b", b),
+        "model_dir": str(root / "model"),
+        "model": model,
+        "images": images,
+        "a": a,
+        "b": b,
+        "dir_a": write_version(root / "a", a),
+        "dir_b": write_version(root / "b", b),
         "dir_24": write_version(root / "bits24", tied_codes(rng, "w-", 20, 5, 3), bits=24),
         "dir_other": write_version(root / "other", b, model_version="another-model"),
         "root": root,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +127,10 @@ def service(ray_cluster, corpus):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})  # fmt: skip
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        logging_config={"enable_access_log": False},
+    )
     args = ServeArgs(
         codes=corpus["dir_a"], model=corpus["model_dir"], shards=SHARDS, api_token=TOKEN
     )
@@ -199,10 +214,14 @@ def test_encode_then_search_finds_the_image(service, corpus, tmp_path):
         pixels = corpus["images"][item]
         upload = {"file": ("query.png", png(pixels), "image/png")}
         encoded = requests.post(f"{service}/encode", files=upload, headers=AUTH, timeout=30).json()
-        assert encoded == {"code": model_code(corpus["model"], pixels).hex(), "bits": BITS,
-                           "model_version": MODEL_VERSION}  # fmt: skip
-        response = requests.post(f"{service}/search/image", files=upload, data={"k": "1000"},
-                                 headers=AUTH, timeout=30)  # fmt: skip
+        assert encoded == {
+            "code": model_code(corpus["model"], pixels).hex(),
+            "bits": BITS,
+            "model_version": MODEL_VERSION,
+        }
+        response = requests.post(
+            f"{service}/search/image", files=upload, data={"k": "1000"}, headers=AUTH, timeout=30
+        )
         assert response.status_code == 200, response.text
         got = response.json()
         assert got["code"] == encoded["code"]
@@ -241,8 +260,12 @@ BAD_JSON = [
 @pytest.mark.parametrize("case, body, status", BAD_JSON, ids=[c[0] for c in BAD_JSON])
 def test_bad_search_requests_get_4xx(service, case, body, status):
     if isinstance(body, bytes):
-        response = requests.post(f"{service}/search", data=body, timeout=30,
-                                 headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+        response = requests.post(
+            f"{service}/search",
+            data=body,
+            timeout=30,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
     else:
         response = post(service, "/search", body)
     assert response.status_code == status, response.text
@@ -261,8 +284,9 @@ BAD_UPLOADS = [
 @pytest.mark.parametrize("path", ["/encode", "/search/image"])
 @pytest.mark.parametrize("case, make, status", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
 def test_bad_uploads_get_4xx(service, path, case, make, status):
-    response = requests.post(f"{service}{path}", files={"file": ("x.png", make())},
-                             headers=AUTH, timeout=60)  # fmt: skip
+    response = requests.post(
+        f"{service}{path}", files={"file": ("x.png", make())}, headers=AUTH, timeout=60
+    )
     assert response.status_code == status, response.text
     assert response.json()["detail"]
 
@@ -272,27 +296,43 @@ def test_streamed_oversize_body_gets_413(service):
         for _ in range(10):
             yield b" " * 16384
 
-    response = requests.post(f"{service}/search", data=chunks(), timeout=30,
-                             headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    response = requests.post(
+        f"{service}/search",
+        data=chunks(),
+        timeout=30,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     assert response.status_code == 413 and response.json()["detail"]
 
 
 def test_bad_upload_forms_get_4xx(service, corpus):
     image = png(corpus["images"]["img/00.png"])
-    for data, files in [({"k": "0"}, {"file": image}), ({"k": "ten"}, {"file": image}),
-                        ({"k": "3"}, {"other": image}), ({"radius": "-2"}, {"file": image})]:  # fmt: skip
-        response = requests.post(f"{service}/search/image", data=data, files=files, headers=AUTH,
-                                 timeout=30)  # fmt: skip
+    for data, files in [
+        ({"k": "0"}, {"file": image}),
+        ({"k": "ten"}, {"file": image}),
+        ({"k": "3"}, {"other": image}),
+        ({"radius": "-2"}, {"file": image}),
+    ]:
+        response = requests.post(
+            f"{service}/search/image", data=data, files=files, headers=AUTH, timeout=30
+        )
         assert response.status_code == 422, (data, response.text)
 
 
 def test_token_is_enforced(service, corpus):
     body = {"code": "00ff", "k": 3}
-    for headers in [None, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}]:  # fmt: skip
-        for method, path, kwargs in [("post", "/search", {"json": body}), ("get", "/info", {}),
-                                     ("post", "/encode", {"files": {"file": b"x"}}),
-                                     ("post", "/admin/swap", {"json": {"codes": corpus["dir_b"]}})]:  # fmt: skip
+    for headers in [
+        None,
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ]:
+        for method, path, kwargs in [
+            ("post", "/search", {"json": body}),
+            ("get", "/info", {}),
+            ("post", "/encode", {"files": {"file": b"x"}}),
+            ("post", "/admin/swap", {"json": {"codes": corpus["dir_b"]}}),
+        ]:
             response = requests.request(
                 method, f"{service}{path}", headers=headers, timeout=30, **kwargs
             )
@@ -303,8 +343,12 @@ def test_token_is_enforced(service, corpus):
 
 def test_swap_refuses_other_codes(service, corpus):
     live = version_of(service)
-    for codes, status in [(corpus["dir_24"], 409), (corpus["dir_other"], 409),
-                          (str(corpus["root"] / "missing"), 404), ("relative/codes", 400)]:  # fmt: skip
+    for codes, status in [
+        (corpus["dir_24"], 409),
+        (corpus["dir_other"], 409),
+        (str(corpus["root"] / "missing"), 404),
+        ("relative/codes", 400),
+    ]:
         response = post(service, "/admin/swap", {"codes": codes})
         assert response.status_code == status, (codes, response.text)
         assert response.json()["detail"]
@@ -352,8 +396,12 @@ def test_hot_swap_under_load(service, corpus):
     def stream():
         with requests.Session() as session:
             while not stop.is_set():
-                response = session.post(f"{service}/search", json={"code": query.hex(), "k": k},
-                                        headers=AUTH, timeout=30)  # fmt: skip
+                response = session.post(
+                    f"{service}/search",
+                    json={"code": query.hex(), "k": k},
+                    headers=AUTH,
+                    timeout=30,
+                )
                 answers.append((response.status_code, response.json()))
 
     def wait_for(count):

@@ -149,8 +149,9 @@ def test_cifar10_damaged_batches_are_skipped_not_fatal(ray_cluster, tmp_path):
     bad_label = cifar_pickle(written["data_batch_5"][0], [10] + [0] * 19, protocol=2, numpy1=False)
     (folder / "data_batch_5").write_bytes(bad_label)
 
-    meta = prepare("cifar10", str(tmp_path / "out"), path=str(folder), protocol="random",
-                   progress=False)  # fmt: skip
+    meta = prepare(
+        "cifar10", str(tmp_path / "out"), path=str(folder), protocol="random", progress=False
+    )
     assert not marker.exists()
     assert meta["counts"] == {"input": 20 * 4 + 2, "kept": 20 * 4 - 1, "skipped": 3}
     assert [(row["id"], row["reason"]) for row in meta["skipped"]] == [
@@ -162,19 +163,28 @@ def test_cifar10_damaged_batches_are_skipped_not_fatal(ray_cluster, tmp_path):
     assert meta["skipped"][2]["source"] == f"{folder / 'data_batch_5'}#0"
 
 
-# --- NUS-WIDE: image list + one label file per concept ----------------------------------------------
+# --- NUS-WIDE: image list + one label file per concept --------------------------------------------
 
 
 @pytest.mark.ray
 def test_nuswide_keeps_the_most_frequent_concepts(ray_cluster, tmp_path):
     corpus = write_nuswide(tmp_path / "nus", seed=7)
     assert read_source("nuswide", str(tmp_path / "nus")).default_protocol == "nuswide21"
-    meta = prepare("nuswide", str(tmp_path / "out"), path=str(tmp_path / "nus"), protocol="random",
-                   image_size=8, progress=False)  # fmt: skip
+    meta = prepare(
+        "nuswide",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "nus"),
+        protocol="random",
+        image_size=8,
+        progress=False,
+    )
     top = corpus["concepts"][:21]  # concept j is the (j+1)-th most frequent by construction
     assert meta["classes"] == sorted(top) and meta["multi_label"] is True
-    expected_skips = {corpus["ids"][5]: "missing file", corpus["ids"][60]: "none of the classes",
-                      corpus["ids"][61]: "none of the classes"}  # fmt: skip
+    expected_skips = {
+        corpus["ids"][5]: "missing file",
+        corpus["ids"][60]: "none of the classes",
+        corpus["ids"][61]: "none of the classes",
+    }
     assert {row["id"]: row["reason"] for row in meta["skipped"]} == expected_skips
     assert meta["counts"] == {"input": 62, "kept": 59, "skipped": 3}
     rows = kept_rows(tmp_path / "out", meta)
@@ -210,22 +220,35 @@ def test_parquet_named_columns_string_labels_and_bad_rows(ray_cluster, tmp_path)
     blobs[3], blobs[4] = None, b"GIF89a but not really"
     cells[7], cells[8], cells[9] = None, [], ["cat", "yak"]
     keys = [f"key-{i:02d}" for i in range(30)]
-    table = pa.table({"key": keys, "img": pa.array(blobs, pa.binary()),
-                      "tags": pa.array(cells, pa.list_(pa.string())), "other": list(range(30))})  # fmt: skip
+    table = pa.table(
+        {
+            "key": keys,
+            "img": pa.array(blobs, pa.binary()),
+            "tags": pa.array(cells, pa.list_(pa.string())),
+            "other": list(range(30)),
+        }
+    )
     (tmp_path / "table" / "nested").mkdir(parents=True)
     pq.write_table(table.slice(0, 17), tmp_path / "table" / "a.parquet", row_group_size=5)
     pq.write_table(table.slice(17), tmp_path / "table" / "nested" / "b.parquet", row_group_size=4)
 
     meta = prepare(
-        "parquet", str(tmp_path / "out"), path=str(tmp_path / "table"), image_size=5,
-        classes=["eel", "dog", "cat"], progress=False,
+        "parquet",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "table"),
+        image_size=5,
+        classes=["eel", "dog", "cat"],
+        progress=False,
         source_options={"image_column": "img", "labels_column": "tags", "id_column": "key"},
-    )  # fmt: skip
+    )
     assert meta["source_options"]["image_column"] == "img"
     assert {row["id"]: row["reason"] for row in meta["skipped"]} == {
-        "key-03": "no image", "key-04": "not an image", "key-07": "no labels",
-        "key-08": "no labels", "key-09": "unknown label 'yak'",
-    }  # fmt: skip
+        "key-03": "no image",
+        "key-04": "not an image",
+        "key-07": "no labels",
+        "key-08": "no labels",
+        "key-09": "unknown label 'yak'",
+    }
     assert meta["counts"] == {"input": 30, "kept": 25, "skipped": 5}
     assert meta["skipped"][0]["source"] == f"{tmp_path / 'table' / 'a.parquet'}#3"
     rows = kept_rows(tmp_path / "out", meta)
@@ -247,8 +270,14 @@ def test_parquet_integer_labels_and_row_ids(ray_cluster, tmp_path):
     table = pa.table({"image": [png_bytes(image) for image in images], "labels": labels})
     pq.write_table(table, tmp_path / "digits.parquet", row_group_size=5)
 
-    meta = prepare("parquet", str(tmp_path / "out"), path=str(tmp_path / "digits.parquet"),
-                   mode="L", image_size=4, progress=False)  # fmt: skip
+    meta = prepare(
+        "parquet",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "digits.parquet"),
+        mode="L",
+        image_size=4,
+        progress=False,
+    )
     assert meta["classes"] == ["0", "1", "2", "3"] and meta["multi_label"] is False
     assert meta["counts"] == {"input": 12, "kept": 12, "skipped": 0}
     rows = kept_rows(tmp_path / "out", meta)

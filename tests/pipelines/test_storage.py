@@ -24,8 +24,14 @@ def test_walk_lists_what_pyarrow_lists(tmp_path):
     (tmp_path / "dogs").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / ".git").mkdir()
-    for name in ("cats/a.jpg", "cats/old/b.jpg", "dogs/c.png", "stray.png", ".git/HEAD",
-                 "dogs/.DS_Store"):  # fmt: skip
+    for name in (
+        "cats/a.jpg",
+        "cats/old/b.jpg",
+        "dogs/c.png",
+        "stray.png",
+        ".git/HEAD",
+        "dogs/.DS_Store",
+    ):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "more").symlink_to(tmp_path / "dogs")  # a linked folder is walked like a folder
 
@@ -44,8 +50,12 @@ def test_walk_survives_a_link_back_up_the_tree(tmp_path):
     walked = set(storage.walk(str(tmp_path)))
     # The loop is entered once (as a folder) and not again; the broken link is listed as a file,
     # so prepare reports it as a missing file instead of dropping it silently.
-    assert walked == {("cats", False), ("cats/a.jpg", True), ("cats/up", False),
-                      ("cats/gone.jpg", True)}  # fmt: skip
+    assert walked == {
+        ("cats", False),
+        ("cats/a.jpg", True),
+        ("cats/up", False),
+        ("cats/gone.jpg", True),
+    }
 
 
 def test_walk_refuses_a_missing_root(tmp_path):

@@ -50,8 +50,11 @@ def test_prepare_train_resume_encode_evaluate(
 ) -> None:
     data = str(tmp_path / "data")
     meta = prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
-    assert meta["counts"] == {"input": 10 * PER_CLASS + len(CORRUPT), "kept": 10 * PER_CLASS,
-                              "skipped": len(CORRUPT)}  # fmt: skip
+    assert meta["counts"] == {
+        "input": 10 * PER_CLASS + len(CORRUPT),
+        "kept": 10 * PER_CLASS,
+        "skipped": len(CORRUPT),
+    }
     assert sorted(
         s["source"].split("/", 1)[-1] if "/" in s["source"] else s["source"]
         for s in meta["skipped"]
@@ -92,8 +95,10 @@ def test_prepare_train_resume_encode_evaluate(
 
     codes = str(tmp_path / "codes")
     summary = encode(data, resumed["model_dir"], codes, progress=False)
-    ids = {split: pq.read_table(Path(codes) / split, columns=["id"])["id"].to_pylist()
-           for split in ("query", "database")}  # fmt: skip
+    ids = {
+        split: pq.read_table(Path(codes) / split, columns=["id"])["id"].to_pylist()
+        for split in ("query", "database")
+    }
     assert len(ids["query"]) + len(ids["database"]) == 10 * PER_CLASS
     assert not set(ids["query"]) & set(ids["database"])
     assert all(len(v) == len(set(v)) for v in ids.values())
@@ -115,8 +120,10 @@ def test_val_fraction_zero_fits_every_row_and_keeps_the_last_epoch(
     meta = prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tmp_path / "all-rows.yaml"
-    config.write_text(f"recipe: {{epochs: 2, batch_size: 32, val_fraction: 0}}\n"
-                      f"workers: 1\ncpus_per_worker: 0.5\ntracking_uri: '{tracking_uri}'\n")  # fmt: skip
+    config.write_text(
+        f"recipe: {{epochs: 2, batch_size: 32, val_fraction: 0}}\n"
+        f"workers: 1\ncpus_per_worker: 0.5\ntracking_uri: '{tracking_uri}'\n"
+    )
     out = str(tmp_path / "runs")
     assert main(["train", "--data", data, "--config", str(config), "--out", out]) == 0
     assert "last epoch (2, no validation split)" in capsys.readouterr().out
@@ -142,8 +149,9 @@ def test_rotation_without_a_validation_split_is_refused_before_training(
 ) -> None:
     data = str(tmp_path / "data")
     prepare("folder", data, path=str(digits_folder), mode="L", image_size=28, progress=False)
-    config = TrainConfig(data=data, recipe=Recipe(method="sdsh", val_fraction=0),
-                         out=str(tmp_path / "runs"))  # fmt: skip
+    config = TrainConfig(
+        data=data, recipe=Recipe(method="sdsh", val_fraction=0), out=str(tmp_path / "runs")
+    )
     with pytest.raises(ValueError, match="rotation is fitted on the validation split"):
         train(config, progress=False)
     assert not (tmp_path / "runs").exists()  # refused before any run state was written
@@ -174,13 +182,21 @@ def test_multilabel_manifest_trains_with_dynamic_softmax(ray_cluster, tmp_path: 
         writer.writerows(rows)
 
     data = str(tmp_path / "data")
-    meta = prepare("manifest", data, path=str(tmp_path / "manifest.csv"), image_size=32, mode="RGB",
-                   progress=False)  # fmt: skip
+    meta = prepare(
+        "manifest",
+        data,
+        path=str(tmp_path / "manifest.csv"),
+        image_size=32,
+        mode="RGB",
+        progress=False,
+    )
     assert meta["multi_label"] is True and meta["counts"]["kept"] == 240
     config = TrainConfig(
-        data=data, recipe=Recipe(epochs=4, batch_size=32), out=str(tmp_path / "runs"),
+        data=data,
+        recipe=Recipe(epochs=4, batch_size=32),
+        out=str(tmp_path / "runs"),
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-    )  # fmt: skip
+    )
     run = train(config, progress=False)
     codes = str(tmp_path / "codes")
     encode(data, run["model_dir"], codes, progress=False)
@@ -199,8 +215,18 @@ def test_demo_json_reports_the_run(
 ) -> None:
     assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("method", "bits", "protocol", "map_tie_aware", "map_id_order", "precision_radius_2",
-                "n_queries", "n_database", "codes", "mlflow_run_id"):  # fmt: skip
+    for key in (
+        "method",
+        "bits",
+        "protocol",
+        "map_tie_aware",
+        "map_id_order",
+        "precision_radius_2",
+        "n_queries",
+        "n_database",
+        "codes",
+        "mlflow_run_id",
+    ):
         assert key in report
     assert (report["method"], report["bits"], report["protocol"]) == ("adsh", 32, "mnist5k")
     assert (report["n_queries"], report["n_database"]) == (1000, 4000)

@@ -44,8 +44,13 @@ def test_shards_with_class_ids(ray_cluster, tmp_path):
         write_tar(tmp_path / "shards" / f"shard-{shard}.tar", members)
     (tmp_path / "shards" / "README.txt").write_text("not a shard: ignored")
 
-    meta = prepare("webdataset", str(tmp_path / "out"), path=str(tmp_path / "shards"),
-                   image_size=6, progress=False)  # fmt: skip
+    meta = prepare(
+        "webdataset",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "shards"),
+        image_size=6,
+        progress=False,
+    )
     assert meta["source"] == "webdataset" and meta["classes"] == ["0", "1", "2"]
     assert meta["counts"] == {"input": 16, "kept": 16, "skipped": 0}
     rows = kept_rows(tmp_path / "out", meta)
@@ -67,32 +72,56 @@ def test_json_labels_and_damaged_shards(ray_cluster, tmp_path):
     def labels(value) -> bytes:
         return json.dumps(value).encode()
 
-    write_tar(tmp_path / "shards" / "a.tar", [
-        ("both.png", png()), ("both.json", labels({"labels": ["cat", "dog"]})),
-        ("one.png", png()), ("one.json", labels({"label": "dog"})),
-        ("noimage.json", labels({"label": "cat"})),
-        ("nolabel.png", png()),
-        ("badjson.png", png()), ("badjson.json", b"{not json"),
-        ("bird.png", png()), ("bird.cls", b"bird"),
-        ("junk.jpg", rng.bytes(300)), ("junk.cls", b"cat"),
-        ("split.png", png()),
-        ("between.png", png()), ("between.cls", b"cat"),
-        ("split.cls", b"dog"),
-    ])  # fmt: skip
+    write_tar(
+        tmp_path / "shards" / "a.tar",
+        [
+            ("both.png", png()),
+            ("both.json", labels({"labels": ["cat", "dog"]})),
+            ("one.png", png()),
+            ("one.json", labels({"label": "dog"})),
+            ("noimage.json", labels({"label": "cat"})),
+            ("nolabel.png", png()),
+            ("badjson.png", png()),
+            ("badjson.json", b"{not json"),
+            ("bird.png", png()),
+            ("bird.cls", b"bird"),
+            ("junk.jpg", rng.bytes(300)),
+            ("junk.cls", b"cat"),
+            ("split.png", png()),
+            ("between.png", png()),
+            ("between.cls", b"cat"),
+            ("split.cls", b"dog"),
+        ],
+    )
     # Three samples of 1 KB each (a 512-byte header + the padded contents per member); the
     # copy is cut inside the third sample's image, so the first two are whole.
-    whole = write_tar(tmp_path / "whole.tar", [
-        (f"t{i}.{suffix}", data)
-        for i in range(3) for suffix, data in (("png", png()), ("cls", b"cat"))
-    ])  # fmt: skip
+    whole = write_tar(
+        tmp_path / "whole.tar",
+        [
+            (f"t{i}.{suffix}", data)
+            for i in range(3)
+            for suffix, data in (("png", png()), ("cls", b"cat"))
+        ],
+    )
     (tmp_path / "shards" / "b.tar").write_bytes(whole[: 4 * 1024 + 512 + 40])
     (tmp_path / "shards" / "c.tar").write_bytes(rng.bytes(2000))  # not a tar at all
 
-    meta = prepare("webdataset", str(tmp_path / "out"), path=str(tmp_path / "shards"),
-                   classes=["cat", "dog"], image_size=6, progress=False)  # fmt: skip
+    meta = prepare(
+        "webdataset",
+        str(tmp_path / "out"),
+        path=str(tmp_path / "shards"),
+        classes=["cat", "dog"],
+        image_size=6,
+        progress=False,
+    )
     kept = {row["id"]: row["labels"] for row in kept_rows(tmp_path / "out", meta)}
-    assert kept == {"a.tar/both": [0, 1], "a.tar/one": [1], "a.tar/between": [0],
-                    "b.tar/t0": [0], "b.tar/t1": [0]}  # fmt: skip
+    assert kept == {
+        "a.tar/both": [0, 1],
+        "a.tar/one": [1],
+        "a.tar/between": [0],
+        "b.tar/t0": [0],
+        "b.tar/t1": [0],
+    }
     assert meta["multi_label"] is True
     assert [(row["id"], row["reason"]) for row in meta["skipped"]] == [
         ("a.tar/badjson", "unreadable labels"),
@@ -108,8 +137,13 @@ def test_json_labels_and_damaged_shards(ray_cluster, tmp_path):
     assert meta["counts"] == {"input": 14, "kept": 5, "skipped": 9}
 
     # Without a class list the names come from the shards (a first pass over them).
-    found = prepare("webdataset", str(tmp_path / "out2"), path=str(tmp_path / "shards"),
-                    image_size=6, progress=False)  # fmt: skip
+    found = prepare(
+        "webdataset",
+        str(tmp_path / "out2"),
+        path=str(tmp_path / "shards"),
+        image_size=6,
+        progress=False,
+    )
     assert found["classes"] == ["bird", "cat", "dog"]
     assert found["counts"]["kept"] == 6  # the bird sample now has a known label
 

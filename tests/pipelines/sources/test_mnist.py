@@ -201,7 +201,7 @@ def test_cli_reports_missing_fashion_mnist_in_one_line(ray_cluster, tmp_path, ca
     assert len(error) == 1 and f"apt-get install {DEBIAN_PACKAGE}" in error[0], error
 
 
-# --- the real files: Debian's dataset-fashion-mnist -------------------------------------------------
+# --- the real files: Debian's dataset-fashion-mnist -----------------------------------------------
 
 # A generous bound on how far the driver's RSS (sampled: getrusage's maxrss would include the
 # forked pytest process's) may rise during prepare: the driver holds a bookkeeping row per image,
