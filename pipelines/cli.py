@@ -186,6 +186,7 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
         [
             "hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
             "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
+            "hashray serve --codes codes/m/database --model runs/m/model --data data/mnist5k",
             (
                 "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db "
                 "--model models:/hashray-m/1"
@@ -196,6 +197,11 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     s.add_argument("--codes", required=True, help="codes directory (local or s3://) to serve")
     s.add_argument(
         "--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only"
+    )
+    s.add_argument(
+        "--data",
+        metavar="PREPARED_DIR",
+        help="prepared dataset (local or s3://): item images and labels for /items and the page",
     )
     s.add_argument("--shards", type=int, default=1, help="index shards (default 1)")
     s.add_argument(
@@ -380,14 +386,19 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.serve import ServeArgs, run_service
 
     config = ServeArgs(
-        codes=args.codes, model=args.model, shards=args.shards, replicas=args.replicas
+        codes=args.codes,
+        model=args.model,
+        shards=args.shards,
+        replicas=args.replicas,
+        data=args.data,
     )
 
     def ready(url: str, info: dict[str, Any]) -> None:
         _say(
             args,
             f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "
-            f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops",
+            f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops\n"
+            f"search page: {url}/",
         )
 
     return run_service(config, host=args.host, port=args.port, on_ready=ready)
