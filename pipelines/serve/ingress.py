@@ -39,8 +39,8 @@ from ray.serve.handle import DeploymentHandle
 from hashing.codes import from_hex, to_hex
 from pipelines.images import BadImage
 from pipelines.serve.encoder import MAX_IMAGE_PIXELS
-from pipelines.serve.items import ItemStore
 from pipelines.serve.http import MAX_K, MAX_UPLOAD_BYTES, Refused, SearchRequest, http_app
+from pipelines.serve.items import ItemStore
 from pipelines.serve.shard import VersionUnavailable
 
 __all__ = ["RETIRE_AFTER_S", "IndexVersion", "Search", "check_identity"]
