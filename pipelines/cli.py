@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         [
             "hashray evaluate --codes codes/mnist5k-adsh-32",
             "hashray evaluate --queries codes/a/query --database codes/a/database --json",
+            "hashray evaluate --codes codes/mnist5k-adsh-32 --html",
         ],
         _evaluate,
     )
@@ -160,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="where report.json and plots go (default: the codes directory)")
     v.add_argument("--radius", type=int, default=2, help="Hamming radius for precision (default 2)")
     v.add_argument("--topk", type=int, help="mAP cut-off (default: all)")
+    v.add_argument(
+        "--html", action="store_true", help="also write report.html: the table and both plots"
+    )
     v.add_argument(
         "--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)"
     )
@@ -364,6 +368,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         radius=args.radius,
         topk=args.topk,
         mlflow_run_id=args.mlflow_run_id,
+        html=args.html,
     )
     _say(args, _report_table(report))
     return report
