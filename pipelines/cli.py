@@ -171,7 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     d = command(
         "demo",
         "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
-        ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
+        [
+            "hashray demo",
+            "hashray demo --serve   (then open http://127.0.0.1:8000/)",
+            "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo",
+        ],
         _demo,
     )
     d.add_argument("--method", default="adsh", help="hashing method (default adsh)")
@@ -179,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     d.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     d.add_argument("--out", default="hashray-demo", help="output folder (default ./hashray-demo)")
+    d.add_argument(
+        "--serve",
+        action="store_true",
+        help="then serve the results with the search page until Ctrl-C",
+    )
+    d.add_argument("--port", type=int, default=8000, help="HTTP port with --serve (default 8000)")
     _add_serve_commands(command)
     return parser
 
@@ -384,6 +394,8 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs,
         workers=args.workers,
         quiet=args.json,
+        serve=args.serve,
+        port=args.port,
     )
 
 
