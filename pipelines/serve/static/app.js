@@ -202,7 +202,8 @@
 
   function labelText(item) {
     if (!item) return dataset ? "not in the dataset" : "";
-    return item.labels.map((l, i) => `${l} ${item.label_names[i]}`).join(", ");
+    const named = (l, i) => (item.label_names[i] === String(l) ? String(l) : `${l} ${item.label_names[i]}`);
+    return `label ${item.labels.map(named).join(", ")}`;
   }
 
   async function render(within) {
