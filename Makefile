@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/hashray demo
+	@echo
+	@echo "See the search in a browser (reuses the outputs above, serves until Ctrl-C):"
+	@echo "  $(BIN)/hashray demo --serve    then open http://127.0.0.1:8000/"
 
 test: setup
 	$(BIN)/python -m pytest tests

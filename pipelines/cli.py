@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         [
             "hashray evaluate --codes codes/mnist5k-adsh-32",
             "hashray evaluate --queries codes/a/query --database codes/a/database --json",
+            "hashray evaluate --codes codes/mnist5k-adsh-32 --html",
         ],
         _evaluate,
     )
@@ -161,13 +162,20 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--radius", type=int, default=2, help="Hamming radius for precision (default 2)")
     v.add_argument("--topk", type=int, help="mAP cut-off (default: all)")
     v.add_argument(
+        "--html", action="store_true", help="also write report.html: the table and both plots"
+    )
+    v.add_argument(
         "--mlflow-run-id", help="log the report to this MLflow run (default: from the codes)"
     )
 
     d = command(
         "demo",
         "The whole chain on the bundled MNIST digits: prepare, train, encode, evaluate, query.",
-        ["hashray demo", "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo"],
+        [
+            "hashray demo",
+            "hashray demo --serve   (then open http://127.0.0.1:8000/)",
+            "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo",
+        ],
         _demo,
     )
     d.add_argument("--method", default="adsh", help="hashing method (default adsh)")
@@ -175,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     d.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     d.add_argument("--out", default="hashray-demo", help="output folder (default ./hashray-demo)")
+    d.add_argument(
+        "--serve",
+        action="store_true",
+        help="then serve the results with the search page until Ctrl-C",
+    )
+    d.add_argument("--port", type=int, default=8000, help="HTTP port with --serve (default 8000)")
     _add_serve_commands(command)
     return parser
 
@@ -186,6 +200,7 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
         [
             "hashray serve --codes codes/mnist5k-adsh-32/database --shards 2",
             "hashray serve --codes codes/m/database --model runs/m/model --shards 2 --replicas 2",
+            "hashray serve --codes codes/m/database --model runs/m/model --data data/mnist5k",
             (
                 "HASHRAY_API_TOKEN=secret hashray serve --codes s3://bucket/codes/db "
                 "--model models:/hashray-m/1"
@@ -196,6 +211,11 @@ def _add_serve_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     s.add_argument("--codes", required=True, help="codes directory (local or s3://) to serve")
     s.add_argument(
         "--model", help="model dir, runs:/ or models:/ URI; without it: code and id queries only"
+    )
+    s.add_argument(
+        "--data",
+        metavar="PREPARED_DIR",
+        help="prepared dataset (local or s3://): item images and labels for /items and the page",
     )
     s.add_argument("--shards", type=int, default=1, help="index shards (default 1)")
     s.add_argument(
@@ -358,6 +378,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         radius=args.radius,
         topk=args.topk,
         mlflow_run_id=args.mlflow_run_id,
+        html=args.html,
     )
     _say(args, _report_table(report))
     return report
@@ -373,6 +394,8 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs,
         workers=args.workers,
         quiet=args.json,
+        serve=args.serve,
+        port=args.port,
     )
 
 
@@ -380,14 +403,19 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.serve import ServeArgs, run_service
 
     config = ServeArgs(
-        codes=args.codes, model=args.model, shards=args.shards, replicas=args.replicas
+        codes=args.codes,
+        model=args.model,
+        shards=args.shards,
+        replicas=args.replicas,
+        data=args.data,
     )
 
     def ready(url: str, info: dict[str, Any]) -> None:
         _say(
             args,
             f"serving {info['codes']} {info['bits']}-bit codes (index {info['index_version']}) in "
-            f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops",
+            f"{args.shards} shard(s) at {url}, docs at {url}/docs; Ctrl-C stops\n"
+            f"search page: {url}/",
         )
 
     return run_service(config, host=args.host, port=args.port, on_ready=ready)

@@ -1,6 +1,7 @@
 """``hashray demo``: the whole life cycle on the bundled MNIST digits, on a local Ray.
 
-prepare (mnist5k) -> train (Ray Train, MLflow) -> encode (Ray Data) -> evaluate -> one query.
+prepare (mnist5k) -> train (Ray Train, MLflow) -> encode (Ray Data) -> evaluate -> one query,
+and with ``serve`` the search service on the result (the page at its URL) until Ctrl-C.
 Everything lands under one folder; re-running reuses finished stages (training resumes or returns
 the finished run, prepare and encode rewrite identical files).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,14 @@ def run_demo(
     epochs: int | None = None,
     workers: int = 1,
     quiet: bool = False,
+    serve: bool = False,
+    port: int = 8000,
 ) -> dict[str, Any]:
-    """Run every stage into ``out``; returns the evaluation report (what ``--json`` prints)."""
+    """Run every stage into ``out``; returns the evaluation report (what ``--json`` prints).
+
+    With ``serve``, then serves the database codes with the model and the prepared images on
+    127.0.0.1:``port`` until SIGINT/SIGTERM; the report gains ``service`` (its URL and info).
+    """
     root = Path(out).resolve()
     say = (
         (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -60,17 +68,33 @@ def run_demo(
 
         say("[4/5] evaluate")
         report = evaluate(
-            codes, mlflow_run_id=run["mlflow_run_id"], tracking_uri=run["tracking_uri"]
+            codes, mlflow_run_id=run["mlflow_run_id"], tracking_uri=run["tracking_uri"], html=True
         )
         say("[5/5] query: the first query digit's nearest database codes")
         report["example_query"] = _example_query(codes)
+        say(_summary(report, run, root))
+        if serve:
+            report["service"] = _serve(codes, run["model_dir"], data, port, say)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    say(_summary(report, run, root))
     return report
+
+
+def _serve(codes: str, model: str, data: str, port: int, say: Callable[..., None]) -> dict:
+    """The search service on the demo's database codes, model and images, until Ctrl-C."""
+    from pipelines.serve import ServeArgs, run_service
+
+    def ready(url: str, info: dict[str, Any]) -> None:
+        say(
+            f"\nsearch service: {info['codes']} {info['bits']}-bit codes with the model and the "
+            f"prepared images\n  open {url}/ in a browser (API docs at {url}/docs); Ctrl-C stops"
+        )
+
+    args = ServeArgs(codes=f"{codes}/database", model=model, data=data)
+    return run_service(args, port=port, on_ready=ready)
 
 
 def _demo_config(
@@ -123,7 +147,7 @@ def _summary(report: dict[str, Any], run: dict[str, Any], root: Path) -> str:
             f"outputs under {root}:",
             f"  model    {run['model_dir']}",
             f"  codes    {report['codes']['query']}, {report['codes']['database']}",
-            f"  report   {Path(report['codes']['query']).parent / 'report.json'}",
+            f"  report   {Path(report['codes']['query']).parent / 'report.json'} (and report.html)",
             (
                 f"  MLflow   mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}   "
                 f"(run {run['mlflow_run_id']})"

@@ -23,6 +23,7 @@ from hashing import metrics
 from pipelines import storage, tracking
 from pipelines.codes_io import Codes, read_codes
 from pipelines.config import default_tracking_uri
+from pipelines.report_html import REPORT_HTML, render_report_html
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def evaluate(
     topk: int | None = None,
     mlflow_run_id: str | None = None,
     tracking_uri: str | None = None,
+    html: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``codes/query`` against ``codes/database`` (or explicit dirs); returns the report.
 
     ``out`` defaults to ``codes``; with neither, nothing is written to disk. ``topk=None`` is mAP
     over the whole database. The MLflow run is ``mlflow_run_id`` or the one in the codes metadata.
+    ``html`` also writes ``report.html`` (the table and both plots in one file).
     """
     if codes is None and (queries is None or database is None):
         raise ValueError("give an encode output dir (codes) or both queries and database dirs")
@@ -96,7 +99,7 @@ def evaluate(
     }
     out = out if out is not None else codes
     with tempfile.TemporaryDirectory() as tmp:
-        files = _render(report, Path(tmp))
+        files = _render(report, Path(tmp), html=html)
         if out is not None:
             for path in files:
                 storage.write_bytes(storage.join(out, path.name), path.read_bytes())
@@ -169,8 +172,9 @@ def _num_classes(query: Codes, db: Codes) -> int:
     return max(seen, default=-1) + 1
 
 
-def _render(report: dict[str, Any], directory: Path) -> list[Path]:
-    """Write report.json, pr_curve.png and precision_at_n.png into ``directory``; their paths."""
+def _render(report: dict[str, Any], directory: Path, *, html: bool = False) -> list[Path]:
+    """Write report.json, pr_curve.png and precision_at_n.png (and with ``html`` report.html)
+    into ``directory``; their paths."""
     title = f"{report['method'] or 'codes'}, {report['bits']} bits, {report['n_queries']} queries"
     curve = report["pr_curve"]
     pr = _plot(
@@ -193,6 +197,9 @@ def _render(report: dict[str, Any], directory: Path) -> list[Path]:
         "pr_curve.png": pr,
         "precision_at_n.png": p_at,
     }
+    if html:
+        plots = {"precision-recall over Hamming radius": pr, "precision of the first N": p_at}
+        outputs[REPORT_HTML] = render_report_html(report, plots).encode()
     for name, data in outputs.items():
         (directory / name).write_bytes(data)
     return [directory / name for name in outputs]

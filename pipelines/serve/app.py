@@ -21,6 +21,7 @@ from ray.serve import Application
 
 from pipelines.codes_io import read_metadata
 from pipelines.contracts import ModelCard
+from pipelines.dataset import PreparedDataset
 from pipelines.model_store import is_mlflow_uri, resolve_model
 from pipelines.serve.encoder import Encoder
 from pipelines.serve.http import TOKEN_ENV
@@ -48,6 +49,9 @@ class ServeArgs(BaseModel):
     cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica")
     tracking_uri: str | None = Field(None, description="MLflow store for runs:/ and models:/ URIs")
     api_token: str | None = Field(None, description=f"bearer token; default ${TOKEN_ENV} at build")
+    data: str | None = Field(
+        None, description="prepared dataset (local or s3://) for item images and labels"
+    )
 
 
 def build_app(args: ServeArgs) -> Application:
@@ -74,7 +78,8 @@ def build_app(args: ServeArgs) -> Application:
         )
     token = args.api_token if args.api_token is not None else os.environ.get(TOKEN_ENV)
     search = serve.deployment(Search).options(num_replicas=1, max_ongoing_requests=256, **options)
-    return search.bind(shards, encoder, _local(args.codes), args.replicas, token or None)
+    data = _local(args.data) if args.data else None
+    return search.bind(shards, encoder, _local(args.codes), args.replicas, token or None, data)
 
 
 def _model_source(args: ServeArgs) -> tuple[str, str | None]:
@@ -87,9 +92,12 @@ def _model_source(args: ServeArgs) -> tuple[str, str | None]:
 
 
 def check_deployable(args: ServeArgs) -> None:
-    """Fail fast, before deploying: codes that are incomplete or do not match the model card."""
+    """Fail fast, before deploying: codes that are incomplete or do not match the model card, a
+    ``data`` folder that is not a prepared dataset."""
     codes = _local(args.codes)
     manifest, metadata = read_metadata(codes)
+    if args.data:
+        PreparedDataset.open(_local(args.data))
     if args.model:
         model, tracking_uri = _model_source(args)
         card = ModelCard.read(resolve_model(model, tracking_uri=tracking_uri))

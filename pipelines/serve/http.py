@@ -181,6 +181,9 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
             raise Refused(400, "codes must be an absolute path or an s3:// URI")
         return Info(**await search.swap(body.codes))
 
+    from pipelines.serve.web import add_web_routes  # here: web.py imports Refused from this module
+
+    add_web_routes(app, search, guarded)
     return app
 
 

@@ -40,6 +40,7 @@ from hashing.codes import from_hex, to_hex
 from pipelines.images import BadImage
 from pipelines.serve.encoder import MAX_IMAGE_PIXELS
 from pipelines.serve.http import MAX_K, MAX_UPLOAD_BYTES, Refused, SearchRequest, http_app
+from pipelines.serve.items import ItemStore
 from pipelines.serve.shard import VersionUnavailable
 
 __all__ = ["RETIRE_AFTER_S", "IndexVersion", "Search", "check_identity"]
@@ -71,8 +72,11 @@ class Search:
         codes: str,
         shard_replicas: int,
         api_token: str | None,
+        data: str | None = None,
     ) -> None:
         self._shards, self._encoder = shards, encoder
+        # the prepared dataset's ids and labels (images are read on demand): /items, the page
+        self._items = await asyncio.to_thread(ItemStore, data) if data else None
         self._replicas, self._api_token = shard_replicas, api_token
         model = await encoder.describe.remote() if encoder is not None else None
         # (bits, model version) every codes version must have: the model's, else the first codes'
@@ -143,6 +147,38 @@ class Search:
             cause = _cause(err)
             raise Refused(413 if cause.reason == "too many pixels" else 400, f"{cause}") from None
         return np.frombuffer(code, dtype=np.uint8)
+
+    async def item(self, item_id: str) -> dict[str, Any]:
+        """Labels and split of ``item_id`` in the prepared dataset (``--data``)."""
+        return await self._from_items("item", item_id, f"id {item_id!r} is not in the dataset")
+
+    async def item_image(self, item_id: str) -> bytes:
+        """PNG thumbnail of ``item_id`` from the prepared dataset (``--data``)."""
+        return await self._from_items("image", item_id, f"id {item_id!r} is not in the dataset")
+
+    async def sample_item(self, split: str) -> dict[str, Any]:
+        """A random item of ``split`` of the prepared dataset (``--data``)."""
+        return await self._from_items("sample", split, f"split {split!r} has no items")
+
+    def dataset(self) -> dict[str, Any]:
+        """Name, classes, image shape and rows per split of the prepared dataset (``--data``)."""
+        return self._item_store().summary()
+
+    def _item_store(self) -> ItemStore:
+        if self._items is None:
+            raise Refused(
+                404,
+                "this service has no prepared dataset (start it with --data PREPARED_DIR), "
+                "so it has no images or labels; results are ids only",
+            )
+        return self._items
+
+    async def _from_items(self, method: str, key: str, missing: str) -> Any:
+        store = self._item_store()  # parquet reads block: off the event loop
+        try:
+            return await asyncio.to_thread(getattr(store, method), key)
+        except KeyError:
+            raise Refused(404, missing) from None
 
     async def swap(self, codes: str) -> dict[str, Any]:
         """Load ``codes`` on every shard beside the live version, check it, make it live."""
