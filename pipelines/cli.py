@@ -269,11 +269,15 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.cluster import connect
-    from pipelines.prepare import prepare
+    from pipelines import preflight
 
     options = _key_values(args.option)
     classes = args.classes.split(",") if args.classes else None
+    preflight.check_source(args.source, args.path)
+    preflight.check_output(args.out)
+    from pipelines.cluster import connect
+    from pipelines.prepare import prepare
+
     connect()
     meta = prepare(
         args.source,
@@ -304,10 +308,8 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.cluster import connect
+    from pipelines import preflight
     from pipelines.config import load_train_config
-    from pipelines.dataset import PreparedDataset
-    from pipelines.train import train
 
     names = [
         "method",
@@ -327,7 +329,12 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         "name",
     ]
     config = load_train_config(args.config, args.data, {n: getattr(args, n) for n in names})
-    PreparedDataset.open(config.data)  # fail on a wrong path before starting Ray
+    preflight.check_dataset(config.data)
+    if config.out:
+        preflight.check_output(config.out)
+    from pipelines.cluster import connect
+    from pipelines.train import train
+
     connect()
     summary = train(config, progress=not args.json, stop_after_epochs=args.stop_after_epochs)
     val_map = summary["best_val_map"]
@@ -345,11 +352,21 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _encode(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines import preflight
+
+    splits = args.splits.split(",") if args.splits else None
+    unknown = sorted(set(splits or ()) - {"train", "query", "database"})
+    if unknown:
+        raise UsageError(
+            f"--splits {args.splits}: no split {unknown[0]!r}; use train, query, database"
+        )
+    preflight.check_dataset(args.data)
+    preflight.check_model(args.model)
+    preflight.check_output(args.out)
     from pipelines.cluster import connect
     from pipelines.encode import encode
 
     connect()
-    splits = args.splits.split(",") if args.splits else None
     summary = encode(
         args.data,
         args.model,
@@ -366,10 +383,16 @@ def _encode(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines import preflight
     from pipelines.evaluate import evaluate
 
     if not args.codes and not (args.queries and args.database):
         raise UsageError("give --codes DIR, or both --queries DIR and --database DIR")
+    if args.queries and args.database:
+        preflight.check_codes(args.queries, "--queries")
+        preflight.check_codes(args.database, "--database")
+    else:
+        preflight.check_encode_output(args.codes)
     report = evaluate(
         args.codes,
         queries=args.queries,
@@ -400,6 +423,11 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines import preflight
+
+    preflight.check_codes(args.codes)
+    if args.model:
+        preflight.check_model(args.model)
     from pipelines.serve import ServeArgs, run_service
 
     config = ServeArgs(

@@ -3,8 +3,9 @@
 Every endpoint but ``/healthz`` (and the OpenAPI pages) needs the bearer token when the service
 has one (``HASHRAY_API_TOKEN`` where the app is built); ``/admin/swap`` is off without one.
 Request bodies are capped (uploads at ``MAX_UPLOAD_BYTES`` plus their multipart framing, JSON
-bodies far lower) and so is ``k``. Every refusal is a ``Refused``, answered as a 4xx/5xx with a
-JSON ``detail``.
+bodies far lower) and so are ``k``, ``radius`` and string lengths. Every refusal is a ``Refused``,
+answered as a 4xx/5xx with a JSON ``detail``; the OpenAPI schema declares each route's statuses
+and bodies (tests/pipelines/test_api_fuzz.py holds the service to it).
 """
 
 import hmac
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "TOKEN_ENV",
     "EncodeResponse",
+    "ErrorBody",
     "Hit",
     "Info",
     "Refused",
@@ -38,6 +40,8 @@ __all__ = [
 
 TOKEN_ENV = "HASHRAY_API_TOKEN"
 MAX_K = 1000
+MAX_RADIUS = 1024  # the longest code (pipelines.config's bits limit)
+MAX_TEXT = 4096  # ids, codes paths, model versions
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 _JSON_BODY_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the k / radius fields around an upload
@@ -52,20 +56,46 @@ class Refused(ValueError):
         self.status = status
 
 
+class ErrorBody(BaseModel):
+    """A refusal: what was wrong (FastAPI's own 422 carries a list of field errors instead)."""
+
+    detail: str
+
+
+_MEANING = {
+    400: "malformed input: hex code, image file, multipart body or codes path",
+    401: "missing or wrong bearer token (a service started with HASHRAY_API_TOKEN)",
+    403: "admin endpoints are off (a service without HASHRAY_API_TOKEN)",
+    404: "unknown id, codes directory not found, or no model to encode images with",
+    409: "another model version or code length than the service's",
+    413: "request body, upload or image over its limit",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the refusals a route answers with, each an ``ErrorBody``."""
+    return {status: {"model": ErrorBody, "description": _MEANING[status]} for status in statuses}
+
+
 class SearchRequest(BaseModel):
     """Body of ``POST /search``: a hex code or an indexed id, ``k``, optional ``radius``."""
 
     model_config = ConfigDict(extra="forbid")
     code: str | None = Field(
-        None, description="query code in hex, byte 0 first", examples=["3fa0c1d2"]
+        None,
+        max_length=2 * MAX_RADIUS,
+        description="query code in hex, byte 0 first",
+        examples=["3fa0c1d2"],
     )
     id: str | None = Field(
-        None, max_length=4096, description="query by the code of this indexed id"
+        None, max_length=MAX_TEXT, description="query by the code of this indexed id"
     )
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of results")
-    radius: StrictInt | None = Field(None, ge=0, description="only results within this distance")
+    radius: StrictInt | None = Field(
+        None, ge=0, le=MAX_RADIUS, description="only results within this distance"
+    )
     model_version: str | None = Field(
-        None, description="refuse unless the service has this model version"
+        None, max_length=MAX_TEXT, description="refuse unless the service has this model version"
     )
 
     @model_validator(mode="after")
@@ -103,7 +133,9 @@ class SwapRequest(BaseModel):
     """Body of ``POST /admin/swap``."""
 
     model_config = ConfigDict(extra="forbid")
-    codes: str = Field(description="codes directory (absolute path or s3://) to make live")
+    codes: str = Field(
+        max_length=MAX_TEXT, description="codes directory (absolute path or s3://) to make live"
+    )
 
 
 class Info(BaseModel):
@@ -125,7 +157,7 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
         description="Exact Hamming search over sharded binary codes, and image encoding.",
     )
     app.add_middleware(_BodyLimit)
-    bearer = HTTPBearer(auto_error=False, description=f"the service's {TOKEN_ENV}, if it has one")
+    bearer = HTTPBearer(auto_error=False, description=f"the service's {TOKEN_ENV}")
 
     def authorize(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -141,8 +173,14 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
         return JSONResponse({"detail": str(err)}, status_code=err.status, headers=headers)
 
-    guarded = [Depends(authorize)]
-    upload = {"dependencies": guarded, "form_limits": {"max_files": 1, "max_fields": 4}}
+    # Without a token the schema declares no security and no 401: it describes this service.
+    guarded = [Depends(authorize)] if api_token is not None else []
+    auth = (401,) if api_token is not None else ()
+    upload = {
+        "dependencies": guarded,
+        "form_limits": {"max_files": 1, "max_fields": 4},
+        "responses": _errors(400, *auth, 404, 413),
+    }
     image_file = Annotated[
         UploadFile, File(description=f"an image file, at most {MAX_UPLOAD_BYTES} bytes")
     ]
@@ -151,11 +189,11 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "index_version": search.live.id}
 
-    @app.get("/info", dependencies=guarded)
+    @app.get("/info", dependencies=guarded, responses=_errors(*auth))
     async def info() -> Info:
         return Info(**search.info())
 
-    @app.post("/search", dependencies=guarded)
+    @app.post("/search", dependencies=guarded, responses=_errors(400, *auth, 404, 409, 413))
     async def search_code(body: SearchRequest) -> SearchResponse:
         return SearchResponse(**await search.search(body))
 
@@ -163,7 +201,7 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
     async def search_image(
         file: image_file,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
-        radius: Annotated[int | None, Form(ge=0)] = None,
+        radius: Annotated[int | None, Form(ge=0, le=MAX_RADIUS)] = None,
     ) -> SearchResponse:
         return SearchResponse(**await search.search_image(await _read(file), k, radius))
 
@@ -173,7 +211,9 @@ def http_app(search: "Search", api_token: str | None) -> FastAPI:
         live = search.live
         return EncodeResponse(code=to_hex(code), bits=live.bits, model_version=live.model_version)
 
-    @app.post("/admin/swap", dependencies=guarded)
+    swap_refusals = (400, 401, 404, 409, 413) if api_token is not None else (403, 413)
+
+    @app.post("/admin/swap", dependencies=guarded, responses=_errors(*swap_refusals))
     async def swap(body: SwapRequest) -> Info:
         if api_token is None:
             raise Refused(403, f"admin endpoints are off: the service has no {TOKEN_ENV}")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from pipelines.sources.rows import ROW_SCHEMA, Source
 
-__all__ = ["ROW_SCHEMA", "Source", "list_sources", "read_source", "register"]
+__all__ = ["ROW_SCHEMA", "Source", "list_sources", "read_source", "register", "source_path"]
 
 Reader = Callable[..., Source]
 
@@ -55,6 +55,12 @@ def register(
 def list_sources() -> list[str]:
     """Names of the registered sources, sorted."""
     return sorted(_REGISTRY)
+
+
+def source_path(name: str) -> tuple[bool, str | None]:
+    """``(needs a path, default path)`` of the registered source ``name``."""
+    entry = _REGISTRY[name]
+    return entry.needs_path, entry.default_path
 
 
 def read_source(

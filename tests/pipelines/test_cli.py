@@ -36,9 +36,9 @@ def test_console_script_is_installed() -> None:
     ("argv", "message"),
     [
         (["train"], "pass --data DIR"),
-        (["train", "--data", "no/such/dir"], "run hashray prepare first"),
+        (["train", "--data", "no/such/dir"], "does not exist"),
         (["evaluate"], "give --codes DIR"),
-        (["evaluate", "--codes", "no/such/codes"], "re-run hashray encode"),
+        (["evaluate", "--codes", "no/such/codes"], "does not exist"),
         (
             ["prepare", "--source", "parquet", "--path", "t", "--out", "o", "--option", "image"],
             "KEY=VALUE",
