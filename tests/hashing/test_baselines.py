@@ -7,18 +7,12 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from threadpoolctl import threadpool_limits
 
 from hashing.baselines import ITQ, LSH
 from hashing.codes import hamming_distance, pack_bits
 from hashing.metrics import mean_average_precision
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small matrices: extra BLAS threads only contend for the shared cores."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

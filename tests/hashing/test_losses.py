@@ -18,13 +18,7 @@ DEFAULT_M = {"cosface": 0.2, "arcface": 0.2, "sphereface": 4}  # docs/methods.md
 SPHERE_FIXED = {"lambda_base": 0.0, "lambda_min": 0.5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only contend for the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def margin_params(margin: str) -> dict:

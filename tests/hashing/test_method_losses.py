@@ -24,13 +24,7 @@ from hashing.metrics import mean_average_precision
 N, BITS, CLASSES = 7, 6, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only contend for the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(seed: int, n: int = N, bits: int = BITS, multi: bool = True):

@@ -12,7 +12,7 @@ import torch
 from hashing import models, splits
 from hashing.augment import RandomAffine
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", models.list_models())

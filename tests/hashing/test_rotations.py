@@ -7,22 +7,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from hashing.codes import pack_codes
 from hashing.metrics import mean_average_precision
 from hashing.rotations import itq_rotation, map_rotation_search, pseudo_split
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: extra torch or BLAS threads only contend for the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    # OpenBLAS threads on a busy box made the tall-skinny B^T H products ~30x slower
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_orthogonal(rotation: np.ndarray, size: int) -> None:
