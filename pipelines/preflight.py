@@ -45,7 +45,7 @@ class InputError(ValueError):
 
 def check_source(name: str, path: str | None) -> None:
     """``--source`` names a registered source; ``--path`` is given where needed and exists."""
-    from pipelines.sources import list_sources, source_path
+    from pipelines.sources import list_sources, missing_hint, source_path
 
     if name not in list_sources():
         raise InputError(
@@ -56,7 +56,8 @@ def check_source(name: str, path: str | None) -> None:
     if needs_path and not path:
         raise InputError(f"--source {name} needs --path (the corpus folder, file or s3:// prefix)")
     if path and _kind(path) == pafs.FileType.NotFound:
-        raise InputError(f"--path {path}: does not exist")
+        hint = missing_hint(name)
+        raise InputError(f"--path {path}: does not exist" + (f" ({hint})" if hint else ""))
 
 
 def check_dataset(path: str, flag: str = "--data") -> DatasetInfo:

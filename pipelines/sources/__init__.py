@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 from pipelines.sources.rows import ROW_SCHEMA, Source
 
-__all__ = ["ROW_SCHEMA", "Source", "list_sources", "read_source", "register", "source_path"]
+__all__ = [
+    "ROW_SCHEMA",
+    "Source",
+    "list_sources",
+    "missing_hint",
+    "read_source",
+    "register",
+    "source_path",
+]
 
 Reader = Callable[..., Source]
 
@@ -27,18 +35,24 @@ class _Registered:
     read: Reader
     needs_path: bool
     default_path: str | None
+    missing_hint: str | None
 
 
 _REGISTRY: dict[str, _Registered] = {}
 
 
 def register(
-    name: str, *, needs_path: bool = True, default_path: str | None = None
+    name: str,
+    *,
+    needs_path: bool = True,
+    default_path: str | None = None,
+    missing_hint: str | None = None,
 ) -> Callable[[Reader], Reader]:
     """Function decorator adding a source reader to the registry under ``name``.
 
     ``needs_path=False``: a bundled corpus, read without a path; ``default_path``: where the corpus
-    is read from when no path is given.
+    is read from when no path is given; ``missing_hint``: how to get the corpus, said when its path
+    does not exist.
     """
 
     def add(read: Reader) -> Reader:
@@ -46,7 +60,7 @@ def register(
             raise ValueError(
                 f"source {name!r} is already registered by {_REGISTRY[name].read.__name__}"
             )
-        _REGISTRY[name] = _Registered(read, needs_path, default_path)
+        _REGISTRY[name] = _Registered(read, needs_path, default_path, missing_hint)
         return read
 
     return add
@@ -61,6 +75,11 @@ def source_path(name: str) -> tuple[bool, str | None]:
     """``(needs a path, default path)`` of the registered source ``name``."""
     entry = _REGISTRY[name]
     return entry.needs_path, entry.default_path
+
+
+def missing_hint(name: str) -> str | None:
+    """How to get the corpus of source ``name`` when its path does not exist, if it says."""
+    return _REGISTRY[name].missing_hint
 
 
 def read_source(

@@ -67,16 +67,19 @@ def mnist_source(path: str | None, classes: list[str] | None) -> Source:
     return _idx_source("mnist", path, [str(d) for d in range(10)], "mnist-full")
 
 
-@register("fashion-mnist", default_path=FASHION_MNIST_PATH)
+FASHION_MNIST_HINT = (
+    f"apt-get install dataset-fashion-mnist puts the idx files in {FASHION_MNIST_PATH}; "
+    "or give the folder of zalando's idx files"
+)
+
+
+@register("fashion-mnist", default_path=FASHION_MNIST_PATH, missing_hint=FASHION_MNIST_HINT)
 def fashion_mnist_source(path: str | None, classes: list[str] | None) -> Source:
     """Fashion-MNIST's idx files (zalando's names) in ``path``, by default where Debian's package
     puts them; protocol ``fashion-mnist`` (the 10,000 test images query the 60,000 train ones)."""
     fs, inner = storage.filesystem(path)
     if fs.get_file_info(inner).type != pafs.FileType.Directory:
-        raise FileNotFoundError(
-            f"fashion-mnist: no folder {path} (apt-get install dataset-fashion-mnist puts the idx "
-            f"files in {FASHION_MNIST_PATH}; or give the folder of zalando's idx files)"
-        )
+        raise FileNotFoundError(f"fashion-mnist: no folder {path} ({FASHION_MNIST_HINT})")
     return _idx_source("fashion-mnist", path, list(FASHION_MNIST_CLASSES), "fashion-mnist")
 
 

@@ -7,7 +7,6 @@ The expectations are the table's rows; each case here only builds the input it n
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from shared_helpers import save_model_dir
 from test_contracts import CARD, DATASET
 
 from hashing.models import build
+from pipelines import cluster
 from pipelines.cli import main
 from pipelines.codes_io import codes_table, write_codes
 
@@ -174,6 +174,10 @@ def _tree(root: Path) -> set[Path]:
     return {path for path in root.rglob("*")}
 
 
+def _refuse_to_connect(*args: object, **kwargs: object) -> bool:
+    raise AssertionError("the command reached for a Ray cluster before refusing its input")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_user_error_fails_fast_before_ray(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
@@ -184,6 +188,8 @@ def test_user_error_fails_fast_before_ray(
     (tmp_path / "in").mkdir()
     argv, path = CASES[case](tmp_path / "in")
     before = _tree(tmp_path)
+    # "No Ray started" whatever this session already runs: the command never asks for a cluster.
+    monkeypatch.setattr(cluster, "connect", _refuse_to_connect)
     start = time.monotonic()
     status = main(argv)
     seconds = time.monotonic() - start
@@ -194,6 +200,4 @@ def test_user_error_fails_fast_before_ray(
         assert message in err, f"{message!r} not in {err!r}"
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert seconds < SECONDS
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
     assert _tree(tmp_path) == before and row.left == "nothing"  # no output, no log file
