@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipelines import storage
+from pipelines.codes_io import read_manifest
 from pipelines.contracts import (
     DATASET_FILE,
     MANIFEST,
@@ -74,8 +75,10 @@ def check_dataset(path: str, flag: str = "--data") -> DatasetInfo:
             f"{flag} {path}: is not a prepared dataset (no {DATASET_FILE}); run hashray prepare "
             "first and pass its --out"
         )
+    from pipelines.dataset import PreparedDataset  # imports Ray (not start it): only when needed
+
     try:
-        info = DatasetInfo.from_dict(storage.read_json(manifest), manifest)
+        info = PreparedDataset.open(path).info
     except (ContractError, ValueError) as err:
         raise InputError(f"{flag} {path}: is not a valid prepared dataset: {err}") from None
     for split in SPLITS:
@@ -123,7 +126,7 @@ def check_codes(path: str, flag: str = "--codes") -> CodesManifest:
         hint = f"; it holds {' and '.join(f'{s}/' for s in splits)}: pass one" if splits else ""
         raise InputError(f"{flag} {path}: is not a codes directory (no {MANIFEST}){hint}")
     try:
-        codes = CodesManifest.from_dict(storage.read_json(manifest), manifest)
+        codes = read_manifest(path)
     except (ContractError, ValueError) as err:
         raise InputError(f"{flag} {path}: is not a valid codes directory: {err}") from None
     for entry in codes.files:
