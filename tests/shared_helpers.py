@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from hashing.datasets import load_mnist5k
 from hashing.models import HashModel, save_model
 from pipelines.contracts import ImageSpec, ModelCard
 
-__all__ = ["moto_endpoint", "save_model_dir", "write_digit_folder"]
+__all__ = ["moto_endpoint", "save_model_dir", "start_serve_on_loopback", "write_digit_folder"]
 
 
 def write_digit_folder(root: Path, per_class: int) -> Path:
@@ -66,3 +67,17 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def start_serve_on_loopback() -> str:
+    """Start Ray Serve's HTTP proxy on a free 127.0.0.1 port (no access log); its base URL."""
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        logging_config={"enable_access_log": False},
+    )
+    return f"http://127.0.0.1:{port}"

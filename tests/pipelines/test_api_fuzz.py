@@ -9,7 +9,6 @@ bounded: ``EXAMPLES`` per operation, generation mode and app, at most ``BUDGET_S
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
@@ -27,7 +26,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from shared_helpers import save_model_dir
+from shared_helpers import save_model_dir, start_serve_on_loopback
 from test_serve import BITS, SIDE, TOKEN, tied_codes, write_version
 
 from hashing.models import build
@@ -63,13 +62,7 @@ def services(ray_cluster, tmp_path_factory):
     codes = write_version(
         root / "codes", tied_codes(rng, "i-", 200, 30, BITS // 8), model_version="test"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": port},
-        logging_config={"enable_access_log": False},
-    )
+    url = start_serve_on_loopback()
     for prefix, with_model, with_token in APPS:
         args = ServeArgs(
             codes=codes,
@@ -77,7 +70,7 @@ def services(ray_cluster, tmp_path_factory):
             api_token=TOKEN if with_token else "",
         )
         serve.run(build_app(args), name=f"fuzz{prefix.replace('/', '-')}", route_prefix=prefix)
-    yield {prefix: f"http://127.0.0.1:{port}{prefix}" for prefix, _, _ in APPS}
+    yield {prefix: f"{url}{prefix}" for prefix, _, _ in APPS}
     serve.shutdown()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import requests
 import torch
 import yaml
 from PIL import Image
-from shared_helpers import save_model_dir
+from shared_helpers import save_model_dir, start_serve_on_loopback
 
 from hashing.models import build
 from pipelines.cli import main
@@ -124,18 +123,12 @@ def service(ray_cluster, corpus):
 
     from pipelines.serve import ServeArgs, build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": port},
-        logging_config={"enable_access_log": False},
-    )
+    url = start_serve_on_loopback()
     args = ServeArgs(
         codes=corpus["dir_a"], model=corpus["model_dir"], shards=SHARDS, api_token=TOKEN
     )
     serve.run(build_app(args), name="hashray-test", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    yield url
     serve.shutdown()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
-from shared_helpers import save_model_dir, write_digit_folder
+from shared_helpers import save_model_dir, start_serve_on_loopback, write_digit_folder
 
 from hashing.models import build
 from pipelines.codes_io import read_codes
@@ -79,13 +78,7 @@ def service(corpus):
 
     from pipelines.serve import ServeArgs, build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": port},
-        logging_config={"enable_access_log": False},
-    )
+    url = start_serve_on_loopback()
     full = ServeArgs(
         codes=corpus["codes"], model=corpus["model"], data=corpus["data"], api_token=TOKEN
     )
@@ -95,7 +88,7 @@ def service(corpus):
         name="plain",
         route_prefix="/plain",
     )
-    yield f"http://127.0.0.1:{port}"
+    yield url
     serve.shutdown()
 
 
