@@ -2,8 +2,10 @@ r"""Retrieval quality of every method through the real pipeline: prepare -> trai
 evaluate.
 
 Seed methods x bits and baselines x bits on ``mnist5k`` (or any protocol a local corpus supports),
-plus the unsupervised floor (LSH, ITQ on raw pixels). Results go to
-``benchmarks/results/quality.{json,md,png}``, rewritten after every cell. Each cell is cached in
+plus the unsupervised floor (LSH, ITQ on raw pixels) and, with ``--classifier``, the
+classifier-codes reference (benchmarks/classifier_codes.py). Results go to
+``benchmarks/results/<name>.{json,md,png}`` (``--name``, default ``quality``), rewritten after
+every cell. Each cell is cached in
 ``quality.json`` with the recipe that produced it: a rerun skips the cells whose recipe is
 unchanged, so an interrupted grid continues where it stopped (a cell cut off mid-training also
 resumes from its last epoch checkpoint under ``--workdir``), and a changed recipe retrains.
@@ -12,6 +14,10 @@ resumes from its last epoch checkpoint under ``--workdir``), and a changed recip
     python benchmarks/quality.py
     # a few cells
     python benchmarks/quality.py --methods adsh --bits 32,48 --baselines '' --floor ''
+    # Fashion-MNIST (apt-get install dataset-fashion-mnist): every cell from one base recipe
+    python benchmarks/quality.py --name quality-fashion --source fashion-mnist \
+        --base-config configs/fashion-mnist-adsh-32.yaml --classifier --tuned-seeds 1,2 \
+        --methods adsh --bits 12,24,32,48 --baselines '' --floor lsh,itq --baseline-bits 32
     python benchmarks/quality.py --protocol cifar10-1k --source cifar10 \
         --path /data/cifar-10-batches-py --backbone resnet18 --image-size 224 --device cuda
 """
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from classifier_codes import run_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS, SEED_BITS = ("adsh", "sdsh", "exphash", "tql"), (12, 24, 32, 48)
@@ -89,12 +96,26 @@ MNIST_REFERENCE = (
 )
 
 
-def cell_recipe(method: str, bits: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe a deep cell trains with (defaults plus the command's overrides), as a dict."""
+def base_recipe(args: argparse.Namespace) -> Any:
+    """The recipe every grid cell starts from: ``--base-config``'s (or the defaults), with the
+    command's ``--epochs`` and ``--backbone``."""
+    from dataclasses import replace
+
     from hashing.recipe import Recipe
 
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    return Recipe(method=method, bits=bits, backbone=args.backbone, **overrides).to_dict()
+    recipe = Recipe.from_yaml(args.base_config) if args.base_config else Recipe()
+    overrides = {"epochs": args.epochs, "backbone": args.backbone}
+    return replace(recipe, **{k: v for k, v in overrides.items() if v})
+
+
+def cell_recipe(method: str, bits: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe a deep cell trains with, as a dict: the base recipe at ``method`` and ``bits``.
+    The base's loss parameters belong to its own method, so other methods get their defaults."""
+    from dataclasses import replace
+
+    base = base_recipe(args)
+    loss_params = base.loss_params if base.method == method else {}
+    return replace(base, method=method, bits=bits, loss_params=loss_params).to_dict()
 
 
 def tuned_recipe(path: str) -> dict[str, Any]:
@@ -182,6 +203,7 @@ def run_cell(
         "map_tie_aware": report["map_tie_aware"],
         "map_id_order": report["map_id_order"],
         "precision_radius_2": report["precision_radius_2"],
+        "precision_at_1000": report["precision_at_n"].get("1000"),
         "train_seconds": round(train_seconds, 1),
         "best_epoch": run["best_epoch"],
         "best_val_map": run["best_val_map"],
@@ -203,17 +225,14 @@ def run_floor(data: str, method: str, bits: int) -> dict[str, Any]:
         flat(train_images)
     )
     db, q = hasher.encode(flat(train_images)), hasher.encode(flat(query_images))
+    seconds = time.perf_counter() - start
+    report = metrics.retrieval_report(q, db, query_labels, train_labels, radius=2)
     return {
-        "map_tie_aware": metrics.mean_average_precision(
-            q, db, query_labels, train_labels, ties="aware"
-        ),
-        "map_id_order": metrics.mean_average_precision(
-            q, db, query_labels, train_labels, ties="id"
-        ),
-        "precision_radius_2": metrics.precision_within_radius(
-            q, db, query_labels, train_labels, radius=2
-        )[0],
-        "train_seconds": round(time.perf_counter() - start, 1),
+        "map_tie_aware": report["map_tie_aware"],
+        "map_id_order": report["map_id_order"],
+        "precision_radius_2": report["precision_radius"],
+        "precision_at_1000": report["precision_at_n"].get(1000),
+        "train_seconds": round(seconds, 1),
         "recipe": {"method": method, "bits": bits, "input": "raw pixels"},
     }
 
@@ -254,11 +273,42 @@ def _pivot_value(cells: dict[str, Any], key: str, pending: list[str]) -> str:
     return f"{value} †" if key in pending else value
 
 
-def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
+def _classifier_lines(reference: dict[str, Any] | None) -> list[str]:
+    """The classifier-codes section: what predicting the class alone scores."""
+    if not reference:
+        return []
+    recipe = reference["recipe"]
+    return [
+        "",
+        "## Reference: classifier codes",
+        "",
+        (
+            "A plain classifier with the grid's backbone and training budget "
+            f"({recipe['backbone']}, {recipe['epochs']} epochs, the same optimiser and "
+            "augmentation), whose code is its predicted class (4 bits): ranked by Hamming "
+            "distance it retrieves the items predicted in the query's class first "
+            "(Sablayrolles et al., ICASSP 2017; benchmarks/classifier_codes.py). A hashing "
+            "cell earns its place by beating this row."
+        ),
+        "",
+        "| reference | tie-aware | id-order | P@1000 | test accuracy | train s |",
+        "|---|---|---|---|---|---|",
+        (
+            f"| classifier codes | {reference['map_tie_aware']:.4f} | "
+            f"{reference['map_id_order']:.4f} | {reference['precision_at_1000']:.4f} | "
+            f"{reference['query_accuracy']:.4f} | {reference['train_seconds']} |"
+        ),
+        "",
+        f"- command: `{reference['command']}`",
+    ]
+
+
+def write_outputs(results: dict[str, Any], pending: list[str], name: str) -> None:
     """JSON, a markdown table beside the reference numbers, and a PNG of mAP vs bits."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     cells, protocol = results["cells"], results["protocol"]
+    mnist = protocol.startswith("mnist")
     methods = sorted({c.split("@")[0] for c in [*cells, *pending] if "@" in c}, key=_row_order)
     cifar = "CIFAR-10 cifar10-1k, 12/24/32/48"
     lines = [
@@ -289,10 +339,12 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
     lines += [
         "",
         (
-            f"MNIST reference (docs/evaluation.md): {MNIST_REFERENCE}. The CIFAR-10 column is a "
-            "different dataset and protocol, shown for orientation only."
+            (f"MNIST reference (docs/evaluation.md): {MNIST_REFERENCE}. " if mnist else "")
+            + "The CIFAR-10 column is a different dataset and protocol, shown for orientation "
+            "only."
         ),
     ]
+    lines += _classifier_lines(results.get("reference"))
     tuned = results.get("tuned", {})
     if tuned:
         lines += [
@@ -335,22 +387,33 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
             "part)."
         ),
         "",
-        "| cell | tie-aware | id-order | P@r2 | best epoch / epochs | val mAP | train s |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| cell | tie-aware | id-order | P@r2 | P@1000 | seed | best epoch / epochs "
+            "| val mAP | train s |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(cells, key=lambda k: (_row_order(k.split("@")[0]), int(k.split("@")[1]))):
         cell = cells[key]
         epochs = cell.get("recipe", {}).get("epochs", cell.get("epochs"))
         selected = f"{cell.get('best_epoch', '?')} / {epochs}" if epochs else "-"
         val = f"{cell['best_val_map']:.4f}" if cell.get("best_val_map") is not None else "-"
+        p1000 = cell.get("precision_at_1000")
         lines.append(
             f"| {key} | {cell['map_tie_aware']:.4f} | {cell['map_id_order']:.4f} | "
-            f"{cell['precision_radius_2']:.4f} | {selected} | {val} | {cell['train_seconds']} |"
+            f"{cell['precision_radius_2']:.4f} | {'-' if p1000 is None else f'{p1000:.4f}'} | "
+            f"{cell.get('recipe', {}).get('seed', '-')} | {selected} | {val} | "
+            f"{cell['train_seconds']} |"
         )
-    lines += ["", "## Against the papers", ""]
-    lines += [
-        f"- **{method}**: {PAPER_NOTES[method]}" for method in methods if method in PAPER_NOTES
-    ]
+    commands = sorted({cell["command"] for cell in cells.values() if "command" in cell})
+    if commands:
+        lines += ["", "Commands that trained the cells above (each cell records its own):", ""]
+        lines += [f"- `{command}`" for command in commands]
+    if mnist:
+        lines += ["", "## Against the papers", ""]
+        lines += [
+            f"- **{method}**: {PAPER_NOTES[method]}" for method in methods if method in PAPER_NOTES
+        ]
     if pending:
         stale = [key for key in pending if key in cells]
         lines += [
@@ -368,11 +431,17 @@ def write_outputs(results: dict[str, Any], pending: list[str]) -> None:
                     "the cell table); kept until the pending rerun replaces them."
                 ),
             ]
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
-    _plot(cells, methods, protocol)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    _plot(cells, methods, protocol, RESULTS / f"{name}.png", results.get("reference"))
 
 
-def _plot(cells: dict[str, Any], methods: list[str], protocol: str) -> None:
+def _plot(
+    cells: dict[str, Any],
+    methods: list[str],
+    protocol: str,
+    path: Path,
+    reference: dict[str, Any] | None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,12 +469,22 @@ def _plot(cells: dict[str, Any], methods: list[str], protocol: str) -> None:
         title=f"{protocol}: mAP vs code length",
         xticks=REFERENCE_BITS,
     )
+    if reference:
+        for ax in (full, zoom):
+            ax.axhline(reference["map_tie_aware"], color="grey", linestyle=":")
+        zoom.annotate(
+            "classifier codes",
+            (REFERENCE_BITS[0], reference["map_tie_aware"]),
+            fontsize=8,
+            color="grey",
+            va="bottom",
+        )
     zoom.set(xlabel="bits", title="deep methods (zoomed)", xticks=REFERENCE_BITS)
     full.legend(fontsize=8, ncol=2)
     if zoom.lines:
         zoom.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / "quality.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -434,8 +513,22 @@ def main() -> None:
         help="more seeds for every tuned config, e.g. 1,2: one more cell each "
         "(the config's own seed is always trained)",
     )
+    parser.add_argument(
+        "--name", default="quality", help="results file stem under benchmarks/results/"
+    )
+    parser.add_argument(
+        "--base-config",
+        default=None,
+        help="train config whose recipe every grid cell starts from (method and bits set per "
+        "cell; its loss_params only for its own method); default: the built-in defaults",
+    )
+    parser.add_argument(
+        "--classifier",
+        action="store_true",
+        help="also train the classifier-codes reference with the base recipe",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
-    parser.add_argument("--backbone", default="smallcnn")
+    parser.add_argument("--backbone", default=None, help="default: the recipe's")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--source", default="mnist5k")
     parser.add_argument("--protocol", default=None)
@@ -446,19 +539,16 @@ def main() -> None:
     )
     parser.add_argument("--machine-note", default="", help="e.g. 'shared with other jobs'")
     parser.add_argument(
-        "--workdir", default="benchmarks/.quality-work", help="data, runs and codes"
+        "--workdir", default=None, help="data, runs and codes (default: benchmarks/.<name>-work)"
     )
     args = parser.parse_args()
 
-    workdir = Path(args.workdir).resolve()
+    workdir = Path(args.workdir or f"benchmarks/.{args.name}-work").resolve()
     data = str(workdir / "data")
-    previous = (
-        json.loads((RESULTS / "quality.json").read_text())
-        if (RESULTS / "quality.json").exists()
-        else {}
-    )
+    stored = RESULTS / f"{args.name}.json"
+    previous = json.loads(stored.read_text()) if stored.exists() else {}
     if args.report_only and not previous:
-        raise SystemExit(f"--report-only: no {RESULTS / 'quality.json'} to report")
+        raise SystemExit(f"--report-only: no {stored} to report")
     if not args.report_only:
         from pipelines import cluster
         from pipelines.prepare import prepare
@@ -487,6 +577,7 @@ def main() -> None:
     results = {
         "cells": previous.get("cells", {}) if same_protocol else {},
         "tuned": previous.get("tuned", {}) if same_protocol else {},
+        "reference": previous.get("reference") if same_protocol else None,
         "protocol": protocol,
         "machine": machine,
         "command": command,
@@ -521,14 +612,17 @@ def main() -> None:
         for name, (_, recipe, _) in tuned.items()
         if _same_recipe(results["tuned"].get(name, {}).get("recipe"), recipe)
     }
+    classifier = base_recipe(args).to_dict() if args.classifier else None
+    if classifier and _same_recipe((results["reference"] or {}).get("recipe"), classifier):
+        classifier = None  # already trained with this recipe
     pending = [key for key in [*wanted, *tuned] if key not in current]
     if previous and not any(key in pending for key in wanted):
         # Only tuned cells to train: the grid's command and machine stay those that made it.
         results["machine"], results["command"] = previous["machine"], previous["command"]
     if args.report_only:
-        write_outputs(results, pending)
+        write_outputs(results, pending, args.name)
         return
-    write_outputs(results, pending)
+    write_outputs(results, pending, args.name)
     for method, bits, kind in grid:
         key = f"{method}@{bits}"
         if key in current:
@@ -539,10 +633,22 @@ def main() -> None:
             if kind == "floor"
             else run_cell(data, workdir, wanted[key], args, f"{method}-{bits}")
         )
-        results["cells"][key] = cell
+        results["cells"][key] = {**cell, "command": command}
         pending.remove(key)
         print(f"{key}: tie-aware mAP {cell['map_tie_aware']:.4f}", flush=True)
-        write_outputs(results, pending)
+        write_outputs(results, pending, args.name)
+    if classifier:
+        from hashing.recipe import Recipe
+
+        print("classifier codes ...", flush=True)
+        reference = run_classifier(data, Recipe.from_dict(classifier))
+        results["reference"] = {**reference, "command": command, "machine": machine}
+        print(
+            f"classifier codes: tie-aware mAP {reference['map_tie_aware']:.4f}, "
+            f"test accuracy {reference['query_accuracy']:.4f}",
+            flush=True,
+        )
+        write_outputs(results, pending, args.name)
     for name, (path, recipe, run_name) in tuned.items():
         if name in current:
             continue
@@ -552,7 +658,7 @@ def main() -> None:
         results["tuned"][name] = cell
         pending.remove(name)
         print(f"{name}: tie-aware mAP {cell['map_tie_aware']:.4f}", flush=True)
-        write_outputs(results, pending)
+        write_outputs(results, pending, args.name)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def main() -> None:
         raise SystemExit(f"bad recipe: {err}") from err
     setup.objective.to(device)
     shuffle = torch.Generator().manual_seed(recipe.seed)
-    augment = RandomAffine(generator=torch.Generator().manual_seed(recipe.seed + 1))
+    augment = RandomAffine(
+        hflip=recipe.hflip, generator=torch.Generator().manual_seed(recipe.seed + 1)
+    )
 
     def validate(hash_model: torch.nn.Module) -> float:
         return training.evaluate_retrieval(

@@ -1,4 +1,5 @@
-"""Batch image augmentation on tensors (device-agnostic, no PIL): small random affine maps."""
+"""Batch image augmentation on tensors (device-agnostic, no PIL): small random affine maps,
+optionally mirrored left-right."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ __all__ = ["RandomAffine"]
 
 
 class RandomAffine(nn.Module):
-    """Random rotation, scale and translation per image of a batch (n x C x H x W).
+    """Random rotation, scale and translation per image of a batch (n x C x H x W), and with
+    ``hflip`` a left-right mirror of half the images.
 
-    Digits and natural images alike survive a few degrees and pixels of jitter; this is the only
-    augmentation the small training sets here need to generalise.
+    Digits and natural images alike survive a few degrees and pixels of jitter. Mirroring suits
+    corpora whose classes are left-right symmetric (clothing, most photos) but not digits or text,
+    so it is off unless asked for.
     """
 
     def __init__(
@@ -23,10 +26,12 @@ class RandomAffine(nn.Module):
         degrees: float = 10.0,
         translate: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
+        hflip: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.degrees, self.translate, self.scale = degrees, translate, scale
+        self.hflip = hflip
         self.generator = generator
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -43,8 +48,14 @@ class RandomAffine(nn.Module):
         factor = 1.0 / uniform(*self.scale)
         tx, ty = uniform(-self.translate, self.translate), uniform(-self.translate, self.translate)
         cos, sin = torch.cos(angle) * factor, torch.sin(angle) * factor
+        # A mirror is the affine map's x column negated: one grid_sample does both.
+        mirror = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if self.hflip else torch.ones_like(cos)
         theta = torch.stack(
-            [torch.stack([cos, -sin, 2 * tx], 1), torch.stack([sin, cos, 2 * ty], 1)], 1
+            [
+                torch.stack([cos * mirror, -sin, 2 * tx], 1),
+                torch.stack([sin * mirror, cos, 2 * ty], 1),
+            ],
+            1,
         )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         # Pad with the image minimum (the background after normalisation), not with zero.

@@ -32,6 +32,8 @@ class Recipe:
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     augment: bool = True
+    # Also mirror half the training images left-right (symmetric classes: clothing, photos).
+    hflip: bool = False
     seed: int = 0
     # Share of train held out to pick the best epoch; 0 fits every row and keeps the last epoch.
     val_fraction: float = 0.1

@@ -315,7 +315,8 @@ def _train_loop(cfg: dict[str, Any]) -> None:
         setup.objective, parallel_strategy_kwargs=ddp_kwargs
     )
     augment = RandomAffine(
-        generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state.epoch + 1)
+        hflip=recipe.hflip,
+        generator=torch.Generator().manual_seed(recipe.seed + 1000 * rank + state.epoch + 1),
     )
     shard = ray.train.get_dataset_shard("train")
 

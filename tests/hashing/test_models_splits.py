@@ -169,3 +169,15 @@ def test_random_affine_keeps_shape_and_is_identity_in_eval() -> None:
     out = augment(x)
     assert out.shape == x.shape and not torch.allclose(out, x)
     assert torch.equal(augment.eval()(x), x)
+
+
+def test_random_affine_hflip_mirrors_about_half_the_images() -> None:
+    # No jitter, so the only change an image can see is the mirror.
+    still = dict(degrees=0.0, translate=0.0, scale=(1.0, 1.0))
+    x = torch.rand(64, 1, 8, 8)
+    assert torch.allclose(RandomAffine(**still)(x), x, atol=1e-5)
+    out = RandomAffine(**still, hflip=True, generator=torch.Generator().manual_seed(0))(x)
+    mirrored = [bool(torch.allclose(o, i.flip(-1), atol=1e-5)) for o, i in zip(out, x)]
+    kept = [bool(torch.allclose(o, i, atol=1e-5)) for o, i in zip(out, x)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # each image is one or the other
+    assert 16 < sum(mirrored) < 48
