@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup test-deps demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ demo: setup
 	@echo "See the search in a browser (reuses the outputs above, serves until Ctrl-C):"
 	@echo "  $(BIN)/hashray demo --serve    then open http://127.0.0.1:8000/"
 
-test: setup
+# Best effort (apt-get as root): Fashion-MNIST and headless Chromium; their tests skip without.
+test-deps:
+	@bash scripts/install-test-deps.sh
+
+test: setup test-deps
 	$(BIN)/python -m pytest tests
 
 # No Ray and nothing slow: the library, the CLI's parsing and errors, docs and lint.

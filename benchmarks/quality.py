@@ -109,13 +109,11 @@ def base_recipe(args: argparse.Namespace) -> Any:
 
 
 def cell_recipe(method: str, bits: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe a deep cell trains with, as a dict: the base recipe at ``method`` and ``bits``.
-    The base's loss parameters belong to its own method, so other methods get their defaults."""
+    """The recipe a deep cell trains with, as a dict: the base recipe for ``method`` (its loss
+    parameters only for its own method) at ``bits``."""
     from dataclasses import replace
 
-    base = base_recipe(args)
-    loss_params = base.loss_params if base.method == method else {}
-    return replace(base, method=method, bits=bits, loss_params=loss_params).to_dict()
+    return replace(base_recipe(args).for_method(method), bits=bits).to_dict()
 
 
 def tuned_recipe(path: str) -> dict[str, Any]:

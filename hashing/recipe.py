@@ -7,7 +7,7 @@ cluster-side options. Unknown keys are errors, so a typo in a config never silen
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,13 @@ class Recipe:
                 f"train; val_fraction 0 holds none out (use e.g. 0.1, or rotation: none)"
             )
         return pretrain, rotation
+
+    def for_method(self, method: str) -> Recipe:
+        """This recipe for ``method``. Loss parameters belong to the method they were tuned for,
+        so another method starts from its own defaults; every other setting is kept."""
+        if method == self.method:
+            return self
+        return replace(self, method=method, loss_params={})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML-ready)."""

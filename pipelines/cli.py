@@ -174,12 +174,14 @@ def _parser() -> argparse.ArgumentParser:
         [
             "hashray demo",
             "hashray demo --serve   (then open http://127.0.0.1:8000/)",
-            "hashray demo --method adsh --bits 48 --epochs 20 --out /tmp/demo",
+            "hashray demo --method sdsh --bits 32 --epochs 20 --out /tmp/demo",
         ],
         _demo,
     )
     d.add_argument("--method", default="adsh", help="hashing method (default adsh)")
-    d.add_argument("--bits", type=int, default=32, help="code length (default 32)")
+    d.add_argument(
+        "--bits", type=int, help="code length (default 48: configs/mnist5k-adsh-48-tuned.yaml)"
+    )
     d.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     d.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     d.add_argument("--out", default="hashray-demo", help="output folder (default ./hashray-demo)")

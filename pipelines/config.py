@@ -80,7 +80,8 @@ def load_train_config(
                 f"{path}: a config file must hold a mapping, got {type(loaded).__name__}"
             )
         values.update(loaded)
-    recipe_values = dict(values.pop("recipe", None) or {})
+    config_recipe = Recipe.from_dict(dict(values.pop("recipe", None) or {}))
+    recipe_values: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -88,6 +89,8 @@ def load_train_config(
             recipe_values[key] = value
         else:
             values[key] = value
+    # Another method than the config's starts from its own loss parameters (Recipe.for_method).
+    recipe = config_recipe.for_method(recipe_values.pop("method", config_recipe.method))
     if data is not None:
         values["data"] = data
     if "data" not in values:
@@ -96,7 +99,7 @@ def load_train_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known | {'recipe'})}")
-    config = TrainConfig(**values, recipe=Recipe.from_dict(recipe_values))
+    config = TrainConfig(**values, recipe=Recipe.from_dict({**recipe.to_dict(), **recipe_values}))
     _validate(config)
     return config
 

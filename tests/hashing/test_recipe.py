@@ -36,3 +36,11 @@ def test_from_yaml_reads_the_recipe_section_and_refuses_unknown_keys(tmp_path: P
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(TypeError, match="mapping"):
         Recipe.from_yaml(tmp_path / "list.yaml")
+
+
+def test_for_method_keeps_loss_params_only_for_their_own_method() -> None:
+    tuned = Recipe(method="adsh", bits=48, epochs=14, hflip=True, loss_params={"m": 0.4})
+    assert tuned.for_method("adsh") == tuned
+    other = tuned.for_method("sdsh")
+    assert other.method == "sdsh" and other.loss_params == {}
+    assert (other.bits, other.epochs, other.hflip) == (48, 14, True)

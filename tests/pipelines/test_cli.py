@@ -105,3 +105,13 @@ def test_run_name_is_deterministic_and_tracks_the_recipe() -> None:
     c = load_train_config(None, "d", {"bits": 32, "epochs": 3})
     assert a.run_name("mnist5k") == b.run_name("mnist5k") != c.run_name("mnist5k")
     assert a.run_name("mnist5k").startswith("mnist5k-adsh-32-")
+
+
+def test_a_method_flag_over_a_tuned_config_drops_the_configs_loss_params() -> None:
+    tuned = REPO / "configs" / "mnist5k-adsh-48-tuned.yaml"
+    assert load_train_config(tuned, "d").recipe.loss_params == {"m": 0.4}
+    other = load_train_config(tuned, "d", {"method": "sdsh"}).recipe
+    assert other.method == "sdsh" and other.loss_params == {}
+    assert other.backbone == "smallcnn-deep"  # every other setting of the config stays
+    given = load_train_config(tuned, "d", {"method": "sdsh", "loss_params": {"alpha": 0.5}})
+    assert given.recipe.loss_params == {"alpha": 0.5}

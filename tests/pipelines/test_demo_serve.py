@@ -60,7 +60,7 @@ def test_demo_serve_prints_the_url_and_serves_the_page(tmp_path: Path) -> None:
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
         hits = requests.post(f"{url[0]}search", json={"id": item["id"], "k": 5}, timeout=30)
         assert hits.status_code == 404  # a query digit is not in the database codes
-        assert (out / "codes" / "mnist5k-adsh-32" / "report.html").exists()
+        assert (out / "codes" / "mnist5k-adsh-48" / "report.html").exists()
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends the command
         try:

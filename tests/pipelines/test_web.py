@@ -185,7 +185,7 @@ def browser():
     if missing:
         pytest.skip(
             f"{', '.join(missing)} missing: apt-get install -y chromium chromium-driver "
-            "(.ci/run installs them where apt is available)"
+            "(make test installs them where apt-get is available: scripts/install-test-deps.sh)"
         )
     from selenium.webdriver.chrome.service import Service
 
