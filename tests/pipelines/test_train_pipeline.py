@@ -228,7 +228,7 @@ def test_demo_json_reports_the_run(
         "mlflow_run_id",
     ):
         assert key in report
-    assert (report["method"], report["bits"], report["protocol"]) == ("adsh", 32, "mnist5k")
+    assert (report["method"], report["bits"], report["protocol"]) == ("adsh", 48, "mnist5k")  # the tuned config
     assert (report["n_queries"], report["n_database"]) == (1000, 4000)
     assert report["map_tie_aware"] > 0.5  # one epoch already separates digits
     assert report["example_query"]["results"]
