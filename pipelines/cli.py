@@ -448,7 +448,9 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
             f"search page: {url}/",
         )
 
-    return run_service(config, host=args.host, port=args.port, on_ready=ready)
+    result = run_service(config, host=args.host, port=args.port, on_ready=ready)
+    _say(args, "hashray serve: stopped")
+    return result
 
 
 def _search(args: argparse.Namespace) -> dict[str, Any]:
@@ -495,7 +497,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hashray`` console script."""
-    from pipelines import console
+    from pipelines import cluster, console
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
@@ -508,17 +510,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # With --json stdout carries the result alone. Ray prints cluster events on the driver's
         # stdout ("(raylet) A worker died ..."), so while the command runs stdout goes to stderr.
+        # interruptible(): SIGTERM unwinds as Ctrl-C does, and the Ray the command started stops
+        # with every process it started, whichever way the command ends (its native lines still
+        # going to the log file).
         with (
             console.native_stderr_to(log_file),
+            cluster.interruptible(),
             contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout),
         ):
             result = args.run(args)
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"hashray {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except cluster.Interrupted as err:
+        print(f"hashray {args.command}: interrupted ({err.signal.name})", file=sys.stderr)
+        return 128 + err.signal
     except Exception as err:  # noqa: BLE001 - an internal failure: one line, traceback in the log
         if args.verbose:
             traceback.print_exc()

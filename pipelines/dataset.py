@@ -5,6 +5,7 @@ The contract (``DatasetInfo``, the split names, the part columns) is in ``pipeli
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,9 @@ class PreparedDataset:
     @classmethod
     def open(cls, path: str) -> PreparedDataset:
         """Read ``path``/dataset.json; FileNotFoundError for a missing or half-written dataset,
-        ``ContractError`` for a dataset.json that breaks the contract."""
+        ``ContractError`` for a dataset.json that breaks the contract. A local ``path`` is made
+        absolute: Ray workers read the parts from another working directory."""
+        path = path if storage.is_s3(path) else os.path.abspath(path)
         where = storage.join(path, DATASET_FILE)
         try:
             data = storage.read_json(where)

@@ -50,7 +50,7 @@ def run_demo(
         if quiet
         else (lambda *a: print(*a, flush=True))
     )
-    started = cluster.connect()
+    cluster.connect()
     try:
         data = str(root / "data" / "mnist5k")
         say(f"[1/5] prepare: bundled MNIST digits -> {data}")
@@ -77,10 +77,7 @@ def run_demo(
         if serve:
             report["service"] = _serve(codes, run["model_dir"], data, port, say)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        cluster.shutdown()  # stops only a Ray that connect() started
     return report
 
 

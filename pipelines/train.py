@@ -34,7 +34,7 @@ from hashing import losses, models, rotations, splits, training
 from hashing.augment import RandomAffine
 from hashing.labels import multi_hot_from_lists
 from hashing.recipe import Recipe
-from pipelines import console, storage, tracking
+from pipelines import cluster, console, storage, tracking
 from pipelines.config import TrainConfig, default_tracking_uri
 from pipelines.contracts import ImageSpec, ModelCard
 from pipelines.dataset import PreparedDataset
@@ -124,7 +124,7 @@ def train(
         ),
         datasets={"train": _training_dataset(dataset, fit_ids)},
     )
-    result = trainer.fit()
+    result = cluster.fit(trainer)  # Ctrl-C interrupts it as any command (pipelines/cluster.py)
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 

@@ -9,8 +9,6 @@ running app. Local paths are made absolute here: replicas do not run in the call
 """
 
 import os
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,7 +121,7 @@ def run_service(
     """
     import ray
 
-    from pipelines.cluster import connect
+    from pipelines.cluster import connect, shutdown, wait_for_stop_signal
 
     check_deployable(args)
     started = connect()
@@ -134,28 +132,14 @@ def run_service(
         info = serve.get_app_handle(APP_NAME).info.remote().result()
         if on_ready:
             on_ready(url, info)
-        _wait_for_stop_signal()
+        wait_for_stop_signal()
     finally:
         if started:
             serve.shutdown()
-            ray.shutdown()
+            shutdown()
         elif ray.is_initialized():
             serve.delete(APP_NAME)
     return {"url": url, "info": info, "stopped": True}
-
-
-def _wait_for_stop_signal() -> None:
-    """Block the main thread until SIGINT or SIGTERM."""
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _local(path: str) -> str:
