@@ -173,7 +173,7 @@ def test_random_affine_keeps_shape_and_is_identity_in_eval() -> None:
 
 def test_random_affine_hflip_mirrors_about_half_the_images() -> None:
     # No jitter, so the only change an image can see is the mirror.
-    still = dict(degrees=0.0, translate=0.0, scale=(1.0, 1.0))
+    still = {"degrees": 0.0, "translate": 0.0, "scale": (1.0, 1.0)}
     x = torch.rand(64, 1, 8, 8)
     assert torch.allclose(RandomAffine(**still)(x), x, atol=1e-5)
     out = RandomAffine(**still, hflip=True, generator=torch.Generator().manual_seed(0))(x)
